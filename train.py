@@ -1,0 +1,411 @@
+"""Training: the tiny Wan VAE, video pretraining, and Cosmos Policy's single-stage fine-tuning, in one loop.
+
+Paper: Cosmos Policy (arXiv 2601.16163) §3. Official counterpart: the imaginaire trainer driving
+`CosmosPolicyVideo2WorldModel.training_step` (NVlabs/cosmos-policy, cosmos_policy/models/policy_video2world_model.py)
+with the LIBERO dataset of cosmos_policy/datasets/libero_dataset.py. Here all of it is one file and one loop.
+
+Stages (`--stage=all` runs them in order, skipping what is already done in the run folder):
+  demos  : scripted-expert demonstrations (sim_env.collect_demos) and action-free "play" videos for pretraining.
+  vae    : train the tiny Wan-architecture VAE (reconstruction + small KL), then measure the per-channel latent
+           mean/std that normalise latents (the role of Wan2.1's 16 constants).
+  video  : pretrain the DiT as a plain video model on 1+4(T-1) consecutive real frames, the first latent frames as
+           conditioning: our stand-in for Cosmos-Predict2's pretraining.
+  policy : the paper's fine-tuning. Each sample is a pseudo-video (Layout.toy(): blank, proprio, wrist, primary,
+           action, future proprio, future wrist, future primary, value) encoded by the VAE, with proprio, action and
+           value injected as latent frames. Batches mix 50% policy, 25% world-model and 25% value samples.
+  eval   : plan.evaluate on held-out seeds.
+
+Letters: B batch, C latent channels, T latent frames, H/W latent height/width, K chunk length, A action dim,
+P proprio dim, L text tokens, D text width. Checkpoints are plain dicts (config inside), written atomically; an
+interrupted run (Ctrl-C, SIGTERM) saves its exact state and `python train.py` with the same flags resumes it.
+"""
+import ast
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import diffusion
+import latent_injection as li
+import sim_env
+from dit import DiT, DiTConfig, load_dit
+from vae import VAEConfig, WanVAE
+
+
+@dataclass
+class TrainConfig:
+    task: str = "push_block"  # push_block | push_t
+    run_dir: str = ""  # default: runs/<preset>_<task>
+    stage: str = "all"  # all | demos | vae | video | policy | eval
+    init: str = "video"  # policy init: video (our pretraining) | scratch | path to a DiT checkpoint (official .pt too)
+    rollouts: tuple = ()  # rollout .npz files (plan.py --collect-rollouts): trains a planning model
+    demo_prob: float = 0.5  # share of policy samples; the rest are rollouts, half world-model, half value (paper)
+    device: str = "auto"
+    bf16: bool = False  # bf16 autocast (GPU)
+    compile: bool = False  # torch.compile the DiT
+    seed: int = 0
+    image_size: int = 64
+    n_demos: int = 200  # expert episodes attempted; only successes are kept
+    n_play: int = 200  # action-free episodes (a noisier expert) for video pretraining
+    play_noise: float = 0.1  # expert target noise (table units): ~50% success, long episodes full of pushing
+    n_clips: int = 4000  # 33-frame video clips encoded for pretraining
+    vae_dim: int = 8
+    width: int = 128  # DiT model_channels
+    blocks: int = 4
+    heads: int = 4
+    action_chunk: int = 16  # K; plan.py executes the first `action_steps` of each chunk
+    vae_steps: int = 2000
+    vae_batch: int = 8  # 9-frame clips; the VAE, not the DiT, dominates CPU time
+    vae_lr: float = 1e-3
+    video_steps: int = 2000
+    policy_steps: int = 4000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: int = 200
+    weight_decay: float = 0.1  # the official AdamW applies it to every parameter
+    log_every: int = 100
+    ckpt_every: int = 500
+    eval_episodes: int = 200
+    eval_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
+
+    def __post_init__(self):
+        assert self.task in ("push_block", "push_t"), f"unknown task {self.task!r}"
+        assert self.stage in ("all", "demos", "vae", "video", "policy", "eval"), f"unknown stage {self.stage!r}"
+        self.rollouts = tuple(self.rollouts)
+
+    @classmethod
+    def smoke(cls):  # the whole pipeline in well under a minute on 2 CPU cores: proves it runs, learns nothing
+        return cls(n_demos=3, n_play=2, n_clips=16, image_size=32, vae_dim=4, width=32, blocks=1, heads=2,
+                   vae_steps=5, video_steps=5, policy_steps=5, batch_size=4, warmup=2, log_every=5, ckpt_every=5,
+                   eval_episodes=2, eval_steps=1)
+
+    @classmethod
+    def cpu(cls):  # a newcomer's run: ~15 minutes on 2 CPU cores
+        return cls(n_demos=60, n_play=60, n_clips=1200, image_size=32, width=96, blocks=4, heads=4,
+                   vae_steps=600, video_steps=600, policy_steps=1500, batch_size=32, eval_episodes=100)
+
+    @classmethod
+    def gpu(cls):  # the results-table size
+        return cls(n_demos=300, n_play=300, n_clips=8000, image_size=64, vae_dim=16, width=256, blocks=8, heads=8,
+                   vae_steps=4000, video_steps=10000, policy_steps=20000, batch_size=64, lr=2e-4, warmup=1000)
+
+
+# ----------------------------------------------------------------------------- models and data
+
+
+def task_embedding(task, tokens=8, width=32):
+    """(L, D) fixed text embedding per task: the stand-in for the T5 instruction embedding (no T5 at toy scale)."""
+    g = torch.Generator().manual_seed(zlib.crc32(task.encode()))
+    return torch.randn(tokens, width, generator=g)  # (L, D)
+
+
+def dit_config(cfg):
+    return dataclasses.replace(DiTConfig.tiny(), model_channels=cfg.width, num_blocks=cfg.blocks,
+                               num_heads=cfg.heads, adaln_lora_dim=cfg.width // 4, crossattn_emb_channels=32)
+
+
+def episode_index(data, chunk):
+    """Per-row bookkeeping of a demo/rollout file: sample rows, their future row, chunk rows, value targets."""
+    lens = torch.as_tensor(data["episode_len"])
+    last = torch.repeat_interleave(torch.cumsum(lens, 0) - 1, lens)  # (R,) last row of each row's episode
+    ep = torch.repeat_interleave(torch.arange(len(lens)), lens)  # (R,)
+    rows = torch.nonzero(torch.arange(len(last)) < last).squeeze(1)  # every row but the final observation
+    fut = torch.minimum(rows + chunk, last[rows])  # s' is K steps ahead, or the episode's end
+    chunk_rows = torch.minimum(rows[:, None] + torch.arange(chunk), last[rows, None])  # (N, K): last action repeats
+    success = torch.as_tensor(data["success"])[ep[rows]]
+    return rows, fut, chunk_rows, last[rows] - fut, success
+
+
+@torch.no_grad()
+def encode_pseudo_videos(vae, layout, data, rows, fut, device, batch=32):
+    """VAE latents (N, C, T, H, W) of each sample's pseudo-video: current images at `rows`, future ones at `fut`."""
+    out = []
+    for i in tqdm(range(0, len(rows), batch), desc="encode pseudo-videos", leave=False):
+        r, f = rows[i:i + batch].numpy(), fut[i:i + batch].numpy()
+        images = {"wrist": data["wrist"][r], "primary": data["primary"][r],
+                  "future_wrist": data["wrist"][f], "future_primary": data["primary"][f]}
+        video = li.raw_frames(layout, {k: torch.from_numpy(v).to(device) for k, v in images.items()})
+        out.append(vae.encode(video).half().cpu())
+    return torch.cat(out)  # (N, C, T, H, W)
+
+
+@torch.no_grad()
+def encode_clips(vae, data, n_clips, frames, device, gen, batch=16):
+    """VAE latents of `n_clips` random windows of `frames` consecutive real frames of either camera."""
+    lens = torch.as_tensor(data["episode_len"])
+    starts = torch.cat([torch.arange(s, s + n - frames + 1) for s, n in zip(torch.cumsum(lens, 0) - lens, lens)
+                        if n >= frames])
+    assert len(starts), f"no episode has {frames} frames for video pretraining"
+    pick = starts[torch.randint(len(starts), (n_clips,), generator=gen)]
+    cams = torch.randint(2, (n_clips,), generator=gen)
+    out = []
+    for i in tqdm(range(0, n_clips, batch), desc="encode video clips", leave=False):
+        idx = (pick[i:i + batch, None] + torch.arange(frames)).numpy()  # (b, F) rows
+        clip = np.stack([data[("wrist", "primary")[c]][r] for c, r in zip(cams[i:i + batch].tolist(), idx)])
+        video = torch.from_numpy(clip).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, F, S, S)
+        out.append(vae.encode(video).half().cpu())
+    return torch.cat(out)
+
+
+def cached(path, make):
+    """Load `path` if present, else build it with `make()` and save it atomically: an encode is never done twice."""
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
+    obj = make()
+    save_atomic(obj, path)
+    return obj
+
+
+def save_atomic(obj, path):
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+# ----------------------------------------------------------------------------- the one training loop
+
+
+def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss, extra, device):
+    """The loop shared by all stages: batch -> loss -> backward -> clip -> AdamW step -> log -> checkpoint.
+
+    Resumes from `<run_dir>/<name>.pt` if present; on SIGINT/SIGTERM saves the exact state and exits, so a rerun
+    continues bit-for-bit. `extra` (configs, stats) is stored in the checkpoint for plan.py.
+    """
+    path = os.path.join(cfg.run_dir, f"{name}.pt")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8,
+                            weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)  # drives batches, sigmas and noise: saved, so resume is exact
+    step = 0
+    if os.path.exists(path):
+        ck = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"], strict=True)
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["rng"])
+        step = ck["step"]
+        print(f"[{name}] resumed from step {step}")
+    if step >= steps:
+        return model
+
+    def save(s):
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
+                     "step": s, "done": s >= steps, "train_config": asdict(cfg), **extra}, path)
+
+    stop = []
+    handlers = {s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)}
+    net = torch.compile(model) if cfg.compile else model
+    model.train()
+    t0, seen, log = time.perf_counter(), 0, {}
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=name)
+    for step in bar:
+        # linear warm-up, then linear decay to 0.3x (the official LambdaLinearScheduler's first cycle)
+        rate = lr * min((step + 1) / cfg.warmup, 1.0 - 0.7 * max(0, step - cfg.warmup) / max(1, steps - cfg.warmup))
+        for group in opt.param_groups:
+            group["lr"] = rate
+        batch = make_batch(gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, parts = compute_loss(net, batch, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        seen += batch_size
+        for k, v in {"loss": loss.detach(), **parts}.items():
+            log[k] = log.get(k, 0.0) + float(v) / cfg.log_every
+        if (step + 1) % cfg.log_every == 0:
+            tqdm.write(f"[{name}] step {step + 1} " + " ".join(f"{k} {v:.4f}" for k, v in log.items())
+                       + f" lr {rate:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
+            t0, seen, log = time.perf_counter(), 0, {}
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or stop:
+            save(step + 1)
+        if stop:
+            bar.close()
+            print(f"[{name}] interrupted: state saved at step {step + 1}; rerun the same command to resume")
+            sys.exit(130)
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_demos(cfg):
+    demos, play = (os.path.join(cfg.run_dir, f) for f in ("demos.npz", "play.npz"))
+    if not os.path.exists(demos):
+        print(sim_env.collect_demos(cfg.task, cfg.n_demos, cfg.seed, demos, image_size=cfg.image_size))
+    if not os.path.exists(play):
+        print(sim_env.collect_demos(cfg.task, cfg.n_play, cfg.seed + 10**6, play, image_size=cfg.image_size,
+                                    noise=cfg.play_noise, keep_failures=True))
+    return [sim_env.load_demos(p, task=cfg.task, image_size=cfg.image_size) for p in (demos, play)]
+
+
+def stage_vae(cfg, demos, play, device):
+    """Reconstruction + small KL on pseudo-video-like clips [black, 4x image, 4x image] and real 9-frame clips."""
+    vcfg = dataclasses.replace(VAEConfig.tiny(), dim=cfg.vae_dim, latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+    vae = WanVAE(vcfg).to(device)
+    frames = np.concatenate([d[c] for d in (demos, play) for c in ("wrist", "primary")])  # (N, S, S, 3)
+    lens = torch.as_tensor(play["episode_len"])
+    starts = torch.cat([torch.arange(s, s + n - 8) for s, n in zip(torch.cumsum(lens, 0) - lens, lens) if n > 8])
+
+    def make_batch(gen):
+        b = cfg.vae_batch // 2
+        img = frames[torch.randint(len(frames), (2 * b,), generator=gen).numpy()]  # (2b, S, S, 3)
+        img[torch.rand(2 * b, generator=gen).numpy() < 0.2] = 0  # black frames, as the non-image slots
+        pseudo = np.concatenate([np.zeros_like(img[:b, None]), img[:b, None].repeat(4, 1),
+                                 img[b:, None].repeat(4, 1)], 1)  # (b, 9, S, S, 3)
+        rows = (starts[torch.randint(len(starts), (b,), generator=gen)][:, None] + torch.arange(9)).numpy()
+        real = play[("wrist", "primary")[int(torch.randint(2, (1,), generator=gen))]][rows]  # (b, 9, S, S, 3)
+        video = torch.from_numpy(np.concatenate([pseudo, real])).to(device)
+        return video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, 9, S, S)
+
+    def compute_loss(net, video, gen):
+        mu, log_var = net.encode_moments(video)
+        z = mu + torch.randn(mu.shape, generator=gen).to(device) * (0.5 * log_var).exp()
+        recon = net.decode(z)  # mean 0 / std 1 in the config: the normalisation is the identity while training
+        rec = (recon - video).square().mean()
+        kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
+        return rec + 1e-3 * kl, {"recon": rec.detach(), "kl": kl.detach()}
+
+    vae = train_loop(cfg, "vae", vae, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch, make_batch, compute_loss, {"vae_config": asdict(vcfg)}, device)
+    with torch.no_grad():  # per-channel statistics of the posterior mean, the role of Wan2.1's 16 constants
+        mu = vae.encode_moments(make_batch(torch.Generator().manual_seed(1)))[0]
+        vae.cfg = dataclasses.replace(vcfg, latent_mean=tuple(mu.mean((0, 2, 3, 4)).tolist()),
+                                      latent_std=tuple(mu.std((0, 2, 3, 4)).clamp_min(1e-3).tolist()))
+    return vae
+
+
+def diffusion_loss(emb, slots=None):
+    """The DiT as the callable diffusion.py expects: (x_in, timesteps (B, T), cond mask) -> velocity."""
+    def compute_loss(net, batch, gen):
+        x0, cond = batch
+        fn = lambda x, t, m: net(x, t, emb.expand(x.shape[0], *emb.shape), m)  # noqa: E731
+        return diffusion.training_loss(fn, x0, cond, generator=gen, slots=slots)
+    return compute_loss
+
+
+def stage_video(cfg, vae, demos, play, emb, device):
+    """Plain video-model pretraining: random 1-3 leading latent frames are conditioning, the rest are denoised."""
+    frames = 1 + 4 * (li.Layout.toy(action_chunk=cfg.action_chunk).num_frames - 1)  # 33 raw frames
+    both = {k: np.concatenate([demos[k], play[k]]) for k in ("wrist", "primary")}
+    both["episode_len"] = np.concatenate([demos["episode_len"], play["episode_len"]])
+    clips = cached(os.path.join(cfg.run_dir, "video_latents.pt"), lambda: encode_clips(
+        vae, both, cfg.n_clips, frames, device, torch.Generator().manual_seed(cfg.seed)))
+    model = DiT(dit_config(cfg)).to(device)
+
+    def make_batch(gen):
+        x0 = clips[torch.randint(len(clips), (cfg.batch_size,), generator=gen)].to(device).float()
+        n_cond = torch.randint(1, 4, (cfg.batch_size, 1), generator=gen)
+        return x0, (torch.arange(x0.shape[2]) < n_cond).to(device)  # (B, C, T, H, W), (B, T)
+
+    extra = {"dit_config": asdict(model.cfg)}
+    return train_loop(cfg, "video", model, cfg.video_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb), extra, device)
+
+
+def stage_policy(cfg, vae, demos, emb, device):
+    layout = li.Layout.toy(action_chunk=cfg.action_chunk)
+    sources = [demos] + [sim_env.load_demos(p, task=cfg.task, image_size=cfg.image_size) for p in cfg.rollouts]
+    lo_a, hi_a = li.minmax_stats(torch.from_numpy(demos["action"]))
+    lo_p, hi_p = li.minmax_stats(torch.from_numpy(demos["proprio"]))
+    table = {k: [] for k in ("latent", "proprio", "action", "future_proprio", "value", "success", "rollout")}
+    for i, data in enumerate(sources):
+        rows, fut, chunk_rows, to_go, success = episode_index(data, layout.action_chunk)
+        name = "demo_latents.pt" if i == 0 else f"rollout{i}_latents_{zlib.crc32(cfg.rollouts[i - 1].encode())}.pt"
+        table["latent"].append(cached(os.path.join(cfg.run_dir, name),
+                                      lambda: encode_pseudo_videos(vae, layout, data, rows, fut, device)))
+        proprio, action = torch.from_numpy(data["proprio"]), torch.from_numpy(data["action"])
+        table["proprio"].append(li.normalize(proprio[rows], lo_p, hi_p))  # (N, P)
+        table["action"].append(li.normalize(action[chunk_rows], lo_a, hi_a))  # (N, K, A)
+        table["future_proprio"].append(li.normalize(proprio[fut], lo_p, hi_p))
+        table["value"].append(li.value_target(to_go, layout.gamma, success).float())  # V(s'), in [-1, 1]
+        table["success"].append(success)
+        table["rollout"].append(torch.full((len(rows),), i > 0))
+    table = {k: torch.cat(v) for k, v in table.items()}
+    demo_rows = torch.nonzero(~table["rollout"]).squeeze(1)
+    # Without rollouts the demos double as successful rollouts (the official ALOHA base recipe), which keeps the
+    # 50/25/25 mixture; with rollouts, successes and failures are drawn half and half when both exist.
+    pools = [torch.nonzero(table["rollout"] & (table["success"] == s)).squeeze(1) for s in (True, False)]
+    pools = [p for p in pools if len(p)] or [demo_rows]
+
+    def make_batch(gen):
+        n = cfg.batch_size
+        u = torch.rand(n, generator=gen)
+        pool = torch.randint(len(pools), (n,), generator=gen)
+        idx = torch.stack([demo_rows[torch.randint(len(demo_rows), (1,), generator=gen)][0] if u[i] < cfg.demo_prob
+                           else pools[pool[i]][torch.randint(len(pools[pool[i]]), (1,), generator=gen)][0]
+                           for i in range(n)])
+        kinds = ["policy" if u[i] < cfg.demo_prob else ("world_model" if u[i] < (1 + cfg.demo_prob) / 2 else "value")
+                 for i in range(n)]
+        x0 = li.inject_vectors(table["latent"][idx].float(), layout, proprio=table["proprio"][idx],
+                               action=table["action"][idx], future_proprio=table["future_proprio"][idx],
+                               value=table["value"][idx])
+        return x0.to(device), li.condition_mask(layout, kinds).to(device)
+
+    model = DiT(dit_config(cfg)).to(device)
+    if cfg.init == "video":
+        model.load_state_dict(torch.load(os.path.join(cfg.run_dir, "video.pt"), map_location=device,
+                                         weights_only=True)["model"], strict=True)
+    elif cfg.init != "scratch":
+        model = load_dit(cfg.init, model.cfg, device=device)
+    slots = {"action": layout.frames("action"), "future": layout.frames("proprio", future=True)
+             + layout.frames("image", future=True), "value": layout.frames("value")}
+    extra = {"dit_config": asdict(model.cfg), "vae_config": asdict(vae.cfg), "vae": vae.state_dict(),
+             "layout": asdict(layout), "stats": {"action": (lo_a, hi_a), "proprio": (lo_p, hi_p)}, "task_emb": emb,
+             "task": cfg.task, "image_size": cfg.image_size}
+    name = "policy" if not cfg.rollouts else "planner"
+    return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb, slots), extra, device)
+
+
+def parse_args(argv):
+    """`--field=value` onto TrainConfig (values parsed with ast.literal_eval); `--preset=` picks the starting point."""
+    kv = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    bad = [a for a in argv if not (a.startswith("--") and "=" in a)]
+    assert not bad, f"arguments must look like --field=value, got {bad}"
+    preset = kv.pop("preset", "cpu")
+    assert preset in ("smoke", "cpu", "gpu"), f"unknown preset {preset!r} (smoke | cpu | gpu)"
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(kv) - set(fields))
+    assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(fields)}"
+    cfg = getattr(TrainConfig, preset)()
+    for k, v in kv.items():
+        try:
+            val = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            val = v  # a bare string such as --task=push_t
+        setattr(cfg, k, val)
+    cfg.__post_init__()
+    cfg.run_dir = cfg.run_dir or f"runs/{preset}_{cfg.task}"
+    return cfg
+
+
+def main(cfg):
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    print(f"run folder {cfg.run_dir} on {device}")
+    demos, play = stage_demos(cfg)
+    if cfg.stage == "demos":
+        return
+    emb = task_embedding(cfg.task).to(device)
+    vae = stage_vae(cfg, demos, play, device)
+    if cfg.stage != "vae":
+        if cfg.init == "video" and cfg.stage in ("all", "video"):
+            stage_video(cfg, vae, demos, play, emb, device)
+        if cfg.stage in ("all", "policy"):
+            stage_policy(cfg, vae, demos, emb, device)
+    if cfg.stage in ("all", "eval"):
+        import plan
+        ckpt = os.path.join(cfg.run_dir, "planner.pt" if cfg.rollouts else "policy.pt")
+        plan.evaluate(ckpt, episodes=cfg.eval_episodes, num_steps=cfg.eval_steps, device=device)
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:]))
