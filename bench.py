@@ -1,32 +1,54 @@
-"""Benchmarks, printed as one JSON object: medians over repeats, time.perf_counter, the process pinned to one CPU core.
+"""Benchmarks as one JSON object, one dict per section: medians of 5 repeats after a warm-up (perf_counter, CUDA
+synchronised), pinned to one CPU core and one torch thread; each section adds its peak RSS (and peak CUDA memory).
 
-Usage: python bench.py [section ...]   (default: every section)
-  env     sim_env physics env-steps/s without rendering, and rendered (primary, wrist) observation pairs/s at 64x64,
-          for one env and for a batch of VecPushEnv (a step of N envs counts N env-steps)
-  expert  the scripted expert over 200 seeded episodes per task: success rate, episode length (about a minute)
+python bench.py [section ...]  default: env dit policy vae diffusers; by name only: expert, load2b (a 3.9 GB file)
+  env/expert  sim_env steps/s and observations/s; the scripted expert over 200 held-out seeds (about a minute)
+  dit     fwd+bwd tokens/s, TFLOP/s (dit_flops), MFU vs the GPU's dense bf16 peak or, on CPU, a measured fp32 matmul
+  policy  one action chunk (act, 5 steps, batch 1); best-of-8 in one batch vs 8 sequential calls (train.py's cpu size)
+  vae     encode / decode frames/s of the 33-frame pseudo-video;  diffusers: our DiT vs CosmosTransformer3DModel
+  load2b  peak RSS of load_dit(dtype=bf16) on CPU, in subprocesses, of a synthetic official-format 2B checkpoint
+The 2B DiT, the LIBERO-size policy and the Wan2.1 VAE at 224 px run only where CUDA is available.
 """
 import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy loads, so that every number is one core's
+import contextlib
+import dataclasses
 import json
+import pickle
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
+import torch
 
+import latent_injection as li
+import plan
 import sim_env
+from dit import DiT, DiTConfig, RMSNorm
+from vae import VAEConfig, WanVAE
+
+CUDA = torch.cuda.is_available()
+DEV = torch.device("cuda" if CUDA else "cpu")
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense (not 2:4 sparse) bf16 FLOP/s per GPU
+TOY_DIT = dataclasses.replace(DiTConfig.tiny(), model_channels=96, num_blocks=4, num_heads=4, adaln_lora_dim=24)
 
 
-def _median_rate(run, work, repeats):  # run() does `work` units -> median units/s over repeats
-    rates = []
-    for _ in range(repeats):
+def _median_s(fn, repeats=5, warmup=1):
+    sync, times = (torch.cuda.synchronize if CUDA else lambda: None), []
+    for i in range(warmup + repeats):
+        sync()
         start = time.perf_counter()
-        run()
-        rates.append(work / (time.perf_counter() - start))
-    return statistics.median(rates)
+        fn()
+        sync()
+        times += [time.perf_counter() - start] * (i >= warmup)
+    return statistics.median(times)
 
 
 def bench_env(tasks=("push_block", "push_t"), batch=256, repeats=5, image_size=64) -> dict:
@@ -41,10 +63,10 @@ def bench_env(tasks=("push_block", "push_t"), batch=256, repeats=5, image_size=6
             def physics():
                 for _ in range(steps):
                     env.step(env.block[:, :2] + rng.normal(0, 0.06, (n, 2)), render=False)
-            out[f"{task}/physics_env_steps_per_s/N={n}"] = round(_median_rate(physics, n * steps, repeats))
+            out[f"{task}/physics_env_steps_per_s/N={n}"] = round(n * steps / _median_s(physics, repeats, 0))
             calls = max(1, 200 // n)
-            out[f"{task}/obs_pairs_per_s/N={n}"] = round(_median_rate(
-                lambda: [env.observe() for _ in range(calls)], n * calls, repeats))
+            out[f"{task}/obs_pairs_per_s/N={n}"] = round(n * calls / _median_s(
+                lambda: [env.observe() for _ in range(calls)], repeats, 0))
     return out
 
 
@@ -67,18 +89,179 @@ def bench_expert(tasks=("push_block", "push_t"), episodes=200, first_seed=10_000
     return out
 
 
-SECTIONS = {"env": bench_env, "expert": bench_expert}
+def dit_flops(cfg, B, T, H, W, S):
+    """Matmul FLOPs of one DiT forward on a (B, C, T, H, W) latent with S text tokens: 2*M*N*K per linear layer, plus
+    attention's QK^T and AV (2*L*L*D each in self-attention, 2*L*S*D in cross-attention); norms, RoPE, softmax and
+    elementwise ops are left out. A training step is 3x (backward = 2 forwards). The 2B at LIBERO's (9, 28, 28) with
+    512 text tokens: 6.85 TFLOP per sample, 3.88 GFLOP per token."""
+    D, E, r, p = cfg.model_channels, cfg.crossattn_emb_channels, cfg.adaln_lora_dim, cfg.patch_spatial
+    L, hidden = T * (H // p) * (W // p), int(D * cfg.mlp_ratio)
+    block = (2 * L * D * D * 4 + 2 * L * L * D * 2  # self-attention: q, k, v, out; QK^T, AV
+             + 2 * L * D * D * 2 + 2 * S * E * D * 2 + 2 * L * S * D * 2  # cross: q, out; k, v of the text; QK^T, AV
+             + 2 * L * D * hidden * 2 + 3 * 2 * T * (D * r + r * 3 * D))  # MLP; 3 adaLN-LoRA modulations per frame
+    embed = 2 * L * (cfg.in_channels + 2) * p * p * D + 2 * T * (D * D + D * 3 * D)  # patches (+2 masks); t-MLP
+    final = 2 * T * (D * r + r * 2 * D) + 2 * L * D * p * p * cfg.out_channels
+    return B * (cfg.num_blocks * block + embed + final)
+
+
+def bench_dit() -> dict:
+    if CUDA:
+        gpu = torch.cuda.get_device_name()
+        peak, peak_is = next((v for k, v in PEAK_BF16.items() if k in gpu), None), f"dense bf16 peak of {gpu}"
+    else:  # what this core's fp32 matmul really reaches, not a datasheet number
+        a = torch.randn(1024, 1024)
+        peak, peak_is = 2 * 1024 ** 3 / _median_s(lambda: a @ a, 9), "measured fp32 1024^3 matmul, one core"
+    out = {"peak_tflops": peak and round(peak / 1e12, 3), "peak_is": peak_is}
+    for name, cfg, B, H in [("tiny", DiTConfig.tiny(), 32, 8), ("train_cpu_preset", TOY_DIT, 32, 4)] + \
+            [("cosmos_predict2_2b", DiTConfig.cosmos_predict2_2b(), 4, 28)] * CUDA:
+        T, S = 9, (512 if cfg.crossattn_emb_channels == 1024 else 8)
+        with torch.device(DEV):
+            model = DiT(cfg).to(torch.bfloat16 if CUDA else torch.float32).train()
+            x, t, emb = torch.randn(B, 16, T, H, H), torch.rand(B, T), torch.randn(B, S, cfg.crossattn_emb_channels)
+            mask = (torch.arange(T) < 4).float().view(1, 1, T, 1, 1).expand(B, 1, T, H, H)
+        step = lambda: model(x, t, emb, mask).square().mean().backward()  # noqa: E731 (grads accumulate: same cost)
+        sec, flop, tokens = _median_s(step), 3 * dit_flops(cfg, B, T, H, H, S), B * T * (H // 2) ** 2
+        out[name] = {"batch": B, "latent_THW": [T, H, H], "tokens": tokens, "fwd_bwd_ms": round(sec * 1e3, 2),
+                     "tokens_per_s": round(tokens / sec), "gflop_per_step": round(flop / 1e9, 3),
+                     "achieved_tflops": round(flop / sec / 1e12, 4), "mfu": peak and round(flop / sec / peak, 4)}
+        del model, step
+    return out
+
+
+def bench_policy() -> dict:
+    out, lay2b = {}, li.Layout.libero()
+    toy = ("toy_cpu_preset", TOY_DIT, VAEConfig.tiny(), li.Layout.toy(), 32, (8, 32), torch.float32)
+    libero = ("libero_2b", DiTConfig.cosmos_predict2_2b(), VAEConfig.wan21(), lay2b, 224, (512, 1024), torch.bfloat16)
+    for name, dcfg, vcfg, lay, s, text, dtype in [toy] + [libero] * CUDA:
+        with torch.device(DEV):  # random weights, stats [0, 1]
+            stats = {k: (torch.zeros(n), torch.ones(n)) for k, n in (("action", lay.action_dim),
+                                                                     ("proprio", lay.proprio_dim))}
+            p = plan.Policy(DiT(dcfg).to(dtype).eval(), WanVAE(vcfg).to(dtype).eval(), lay, stats, torch.randn(text),
+                            "bench", s)
+        rng, one, eight = np.random.default_rng(0), plan.PlanConfig(best_of=1), plan.PlanConfig(best_of=8)
+        obs = {c: rng.integers(0, 256, (1, s, s, 3), dtype=np.uint8) for c in ("primary", "wrist")}
+        obs["proprio"] = rng.uniform(0, 1, (1, lay.proprio_dim)).astype(np.float32)
+        out[name] = {
+            "act_ms": round(_median_s(lambda: plan.act(p, obs, 5)) * 1e3, 1),
+            "best_of_8_one_batch_ms": round(_median_s(lambda: plan.plan_best_of_n(p, p, obs, eight)) * 1e3, 1),
+            "best_of_8_sequential_ms": round(_median_s(
+                lambda: [plan.plan_best_of_n(p, p, obs, one, seed=i) for i in range(8)]) * 1e3, 1),
+            "dit_calls_per_candidate": one.num_steps + sum(one.wm_steps) + len(one.wm_steps) * sum(one.value_steps)}
+        del p
+    return out
+
+
+def bench_vae() -> dict:
+    out = {}
+    for name, cfg, size, dtype in [("tiny_32px", VAEConfig.tiny(), 32, torch.float32)] + \
+            [("wan21_224px", VAEConfig.wan21(), 224, torch.bfloat16)] * CUDA:
+        with torch.device(DEV), torch.no_grad():
+            vae, video = WanVAE(cfg).to(dtype).eval(), torch.rand(1, 3, 33, size, size) * 2 - 1
+            latent = vae.encode(video)
+            out[name] = {"frames": 33, "encode_frames_per_s": round(33 / _median_s(lambda: vae.encode(video)), 1),
+                         "decode_frames_per_s": round(33 / _median_s(lambda: vae.decode(latent)), 1)}
+    return out
+
+
+def bench_diffusers(B=8, T=9, H=8, W=8, S=8) -> dict:
+    """CPU, fp32, DiTConfig.tiny() with every weight random (the official init zeroes the adaLN up-projections),
+    converted by diffusers' own Cosmos converter; RoPE scale (t, h, w) = (1, 3, 3); no fps (it would switch on the
+    modulation the policy config disables); diffusers' q/k RMSNorm eps (1e-5) set to the official 1e-6."""
+    try:
+        import diffusers
+        import diffusers.models.transformers.transformer_cosmos as tc
+        from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+    except ImportError:
+        return {"skipped": "diffusers not installed"}
+    if not hasattr(tc, "transforms"):  # no torchvision: diffusers resizes the (all-zero) padding mask with it
+        tc.transforms = SimpleNamespace(InterpolationMode=SimpleNamespace(NEAREST=None), functional=SimpleNamespace(
+            resize=lambda m, size, interpolation: torch.nn.functional.interpolate(m, size=size)))
+    cfg, gen = DiTConfig.tiny(), torch.Generator().manual_seed(0)
+    ours = DiT(cfg).eval()
+    for m in ours.modules():  # Linear: N(0, 1/fan_in); RMSNorm gains: N(1, 1/dim)
+        if isinstance(m, (torch.nn.Linear, RMSNorm)):
+            torch.nn.init.normal_(m.weight, float(m.weight.ndim == 1), m.weight.shape[-1] ** -0.5, generator=gen)
+    theirs = tc.CosmosTransformer3DModel(  # in_channels: + the condition mask (diffusers adds the padding mask)
+        cfg.in_channels + 1, cfg.out_channels, cfg.num_heads, cfg.model_channels // cfg.num_heads, cfg.num_blocks,
+        cfg.mlp_ratio, cfg.crossattn_emb_channels, cfg.adaln_lora_dim, (128, 240, 240), (1, 2, 2), (1.0, 3.0, 3.0),
+        concat_padding_mask=True, extra_pos_embed_type=None).eval()
+    theirs.load_state_dict(convert_cosmos_transformer_checkpoint_to_diffusers(
+        {f"net.{k}": v for k, v in ours.state_dict().items()}), strict=True)
+    for m in (m for name, m in theirs.named_modules() if name.endswith(("norm_q", "norm_k"))):
+        m.eps = 1e-6
+    x, emb = torch.randn(B, 16, T, H, W, generator=gen), torch.randn(B, S, cfg.crossattn_emb_channels, generator=gen)
+    t = torch.rand(B, T, generator=gen) * (torch.arange(T) >= 4)  # clean conditioning frames have t = 0
+    mask = (torch.arange(T) < 4).float().view(1, 1, T, 1, 1).expand(B, 1, T, H, W)
+    with torch.no_grad():
+        run_ours = lambda: ours(x, t, emb, mask)  # noqa: E731
+        run_theirs = lambda: theirs(x, t.view(B, 1, T, 1, 1), emb, condition_mask=mask,  # noqa: E731
+                                    padding_mask=torch.zeros(1, 1, H, W), return_dict=False)[0]
+        diff = (run_ours() - run_theirs()).abs().max().item()
+        ms_ours, ms_theirs = (_median_s(f) * 1e3 for f in (run_ours, run_theirs))
+    return {"diffusers": diffusers.__version__, "input_BCTHW": [B, 16, T, H, W], "max_abs_diff": diff,
+            "ours_fwd_ms": round(ms_ours, 2), "diffusers_fwd_ms": round(ms_theirs, 2)}
+
+
+_LOAD_CHILD = """import sys, torch, dit
+path, mode = sys.argv[1:]
+if mode != 'baseline':  # baseline: the imports alone
+    model = dit.load_dit(torch.load(path, weights_only=True) if mode == 'no_mmap' else path,
+                         dit.DiTConfig.cosmos_predict2_2b(), dtype=torch.bfloat16)
+    for p in model.parameters() if mode == 'mmap_read_all' else ():
+        float(p.abs().max())  # float() drops the result, which would otherwise keep p.abs()'s buffer alive
+print(next(int(line.split()[1]) / 1024 for line in open('/proc/self/status') if line.startswith('VmHWM')))"""
+
+
+def bench_load2b() -> dict:
+    """Peak RSS (MB) of a fresh process: built on meta, mmap'd, assigned, already bf16, loading reads no weight, whose
+    pages become resident (file-backed, reclaimable) only when used; then every weight read; then without mmap."""
+    path = os.path.join(tempfile.gettempdir(), "bench_synthetic_2b.pt")
+    with torch.device("meta"):
+        model = DiT(DiTConfig.cosmos_predict2_2b())
+    sd = {f"net.{k}": torch.empty(v.shape, dtype=torch.bfloat16).uniform_(-0.02, 0.02)
+          for k, v in model.state_dict().items()}  # bf16, `net.` keys, TE bytes (a pickled {}), accum_* counters
+    sd.update({f"net.{n}._extra_state": torch.frombuffer(bytearray(pickle.dumps({})), dtype=torch.uint8).clone()
+               for n, m in model.named_modules() if isinstance(m, RMSNorm)})
+    sd.update({f"net.accum_{k}": torch.tensor(0) for k in ("video_sample_counter", "image_sample_counter",
+                                                          "iteration")})
+    sd["net.accum_train_in_hours"] = torch.tensor(0.0, dtype=torch.bfloat16)
+    try:
+        torch.save(sd, path)
+        del sd
+        out = {"file_mb": round(os.path.getsize(path) / 2 ** 20)}
+        for mode in ("baseline", "mmap", "mmap_read_all", "no_mmap"):
+            out[f"{mode}_peak_rss_mb"] = round(float(subprocess.run(
+                [sys.executable, "-c", _LOAD_CHILD, path, mode], capture_output=True, text=True, check=True,
+                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.splitlines()[-1]))
+            out[f"{mode}_over_file"] = round(out[f"{mode}_peak_rss_mb"] / out["file_mb"], 3)
+        return out
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+SECTIONS = {"env": bench_env, "expert": bench_expert, "dit": bench_dit, "policy": bench_policy, "vae": bench_vae,
+            "diffusers": bench_diffusers, "load2b": bench_load2b}
 
 
 def main(names):
-    unknown = [n for n in names if n not in SECTIONS]
-    if unknown:
-        sys.exit(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    if set(names) - set(SECTIONS):
+        sys.exit(f"unknown sections {sorted(set(names) - set(SECTIONS))}; choose from {list(SECTIONS)}")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    torch.set_num_threads(1)
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                          "numpy": np.__version__, "cores_used": 1}}
-    report.update({name: SECTIONS[name]() for name in names or SECTIONS})
+                          "numpy": np.__version__, "torch": torch.__version__, "cores_used": 1, "torch_threads": 1,
+                          "cuda": torch.cuda.get_device_name() if CUDA else None}}
+    for name in names or ("env", "dit", "policy", "vae", "diffusers"):
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, so the peak below is this section's
+        torch.cuda.reset_peak_memory_stats() if CUDA else None
+        report[name] = SECTIONS[name]()
+        report[name]["peak_rss_mb"] = round(next(int(line.split()[1]) / 1024 for line in open("/proc/self/status")
+                                                 if line.startswith("VmHWM")))
+        if CUDA:
+            report[name]["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
     print(json.dumps(report, indent=2))
 
 

@@ -15,19 +15,41 @@ aggregated by "majority mean"; the best candidate replaces candidate 0 only if s
 
 Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
-plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N)).
+plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
+imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8}.
+
+Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
+nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
+load_libero(dit, vae, stats, t5, device, dtype=bf16, dit_cfg=2B, vae_cfg=wan21, layout=libero, image_size=224)
+    -> Policy (task_emb unset; .instructions {text: (512, 1024)});  libero_files(folder) -> those four paths;
+libero_act(policy, primary, wrist, proprio (9,), instruction, cfg=PlanConfig(), seed=0) -> {"actions" (16, 7)
+    un-normalised, "future_images" {"future_wrist", "future_primary": (S, S, 3) uint8}, "value" in [0, 1], and with
+    cfg.best_of > 1 "values" (N,) and "best"};  libero_image((H, W, 3) uint8) -> (S, S, 3) uint8;
+load_t5_embeddings(pkl) -> {text: (L, D)} through a restricted unpickler (never a bare pickle.load).
+The caller does LIBERO's environment quirks first, as the official run_libero_eval.py does before get_action: flip
+both camera images upside down (np.flipud), then JPEG-encode and decode them at quality 95 (the training images were
+JPEGs); proprio = [gripper qpos (2), eef pos (3), eef quat (4)]; the 16 actions go to env.step as they are.
+
 CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_of=8 --planning_ckpt=...]
+     python plan.py --libero=DIR --instruction="put the bowl on the plate" --primary=a.png --wrist=b.png
+                    --proprio="[9 floats]" [--best_of=8 --seed=195 --out=DIR]   (prints JSON, writes future PNGs)
 """
 import ast
+import collections
 import dataclasses
+import difflib
+import io
+import json
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -53,9 +75,16 @@ class PlanConfig:
     gifs: int = 0  # write a GIF for the first `gifs` episodes
     collect_rollouts: str = ""  # save every episode (successes and failures) to this .npz, in the demo format
     device: str = "auto"
+    libero: str = ""  # folder with the released LIBERO files (libero_files): one query instead of an evaluation
+    instruction: str = ""  # --libero: a key of libero_t5_embeddings.pkl
+    primary: str = ""  # --libero: third-person (agentview) image file, LIBERO quirks already applied
+    wrist: str = ""  # --libero: eye-in-hand image file
+    proprio: tuple = ()  # --libero: 9 numbers
+    out: str = ""  # --libero: folder for the predicted future images (PNG)
 
     def __post_init__(self):
         self.wm_steps, self.value_steps = tuple(self.wm_steps), tuple(self.value_steps)
+        self.proprio, self.instruction = tuple(float(v) for v in self.proprio), str(self.instruction)
         assert self.best_of >= 1 and self.action_steps >= 1 and self.num_steps >= 1
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
 
@@ -66,9 +95,10 @@ class Policy:
     vae: torch.nn.Module
     layout: li.Layout
     stats: dict  # name -> (lo, hi) min-max statistics
-    task_emb: torch.Tensor  # (L, D)
+    task_emb: torch.Tensor  # (L, D); None until for_instruction picks one (full scale)
     task: str
     image_size: int
+    instructions: dict = dataclasses.field(default_factory=dict)  # full scale: instruction -> T5 embedding (L, D)
 
 
 def load_policy(path, device="cpu"):
@@ -84,6 +114,7 @@ def load_policy(path, device="cpu"):
 
 def network(p):
     """The DiT as the callable diffusion.sample expects, with the task embedding bound."""
+    assert p.task_emb is not None, "no instruction chosen: use for_instruction(policy, text) first"
     return lambda x, t, m: p.dit(x, t, p.task_emb.expand(x.shape[0], *p.task_emb.shape), m)
 
 
@@ -100,7 +131,7 @@ def condition_latent(p, obs, full=False):
     causal, encoding only the prefix's 1+4(num_cond-1) raw frames gives the same prefix latents (full=True encodes
     all frames: the original latents that undo_injection restores before decoding imagined futures).
     """
-    dev = p.task_emb.device
+    dev = p.vae.conv1.weight.device
     images = {s.name: torch.from_numpy(obs[s.name.removeprefix("future_")]).to(dev) for s in p.layout.slots
               if s.kind == "image"}
     video = li.raw_frames(p.layout, images)  # (B, 3, 1+4(T-1), S, S)
@@ -235,7 +266,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset):
 def imagine(p, obs, x0):
     """Decode the predicted future images: restore the non-image latents first (undo_injection), then decode."""
     x = li.undo_injection(x0, condition_latent(p, obs, full=True), p.layout)
-    video = p.vae.decode(x).clamp(-1, 1)  # (B, 3, 1+4(T-1), S, S); latent k >= 1 decodes to frames 4(k-1)+1..4k
+    video = p.vae.decode(x).float().clamp(-1, 1)  # (B, 3, 1+4(T-1), S, S); latent k >= 1 decodes to frames 4(k-1)+1..4k
     frames = {s.name: video[:, :, 4 * (p.layout.index(s.name) - 1) + 1] for s in p.layout.slots
               if s.kind == "image" and s.future}
     return [{k: ((v[i].permute(1, 2, 0) + 1) * 127.5).round().byte().cpu().numpy() for k, v in frames.items()}
@@ -272,6 +303,155 @@ def write_gif(cfg, p, trace, seed, success, scale=3):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
+# ----------------------------------------------------------------------------- full scale: the released LIBERO model
+
+LIBERO_FILES = {"dit": "Cosmos-Policy-LIBERO-Predict2-2B.pt", "vae": "tokenizer.pth",
+                "stats": "libero_dataset_statistics.json", "t5": "libero_t5_embeddings.pkl"}
+
+
+def libero_files(folder):
+    """{dit, vae, stats, t5} paths of the four released files in `folder` (tokenizer.pth there or in tokenizer/)."""
+    paths = {k: os.path.join(folder, name) for k, name in LIBERO_FILES.items()}
+    if not os.path.exists(paths["vae"]):
+        paths["vae"] = os.path.join(folder, "tokenizer", LIBERO_FILES["vae"])
+    missing = [p for p in paths.values() if not os.path.exists(p)]
+    assert not missing, f"missing {missing}; expected {sorted(LIBERO_FILES.values())} in {folder}"
+    return paths
+
+
+def _storage_from_bytes(b):
+    # Stands in for torch.storage._load_from_bytes, which would torch.load these bytes with weights_only=False.
+    return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds only what pickle.dump of {str: torch tensor or numpy array} emits: pickles call every global they need
+    through find_class, so a global outside this table (os.system, builtins.eval, any class) is refused unbuilt.
+    The table is what torch 2.13 and numpy 2 write (checked with pickletools); numpy 1 names its module numpy.core."""
+
+    ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+               ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+               ("collections", "OrderedDict"): collections.OrderedDict,  # a tensor's (empty) backward-hook table
+               # numpy's array reconstructor, under its numpy 2 and numpy 1 module names
+               ("numpy._core.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0],
+               ("numpy.core.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0],
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            allowed = ", ".join(".".join(k) for k in self.ALLOWED)
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a T5 embedding file holds only "
+                                         f"{{str: tensor}} (allowed: {allowed})")
+        return self.ALLOWED[(module, name)]
+
+
+def load_t5_embeddings(path):
+    """{instruction: (L, D) tensor} from a pickled {str: (1, L, D) or (L, D) tensor or array} (the official
+    *_t5_embeddings.pkl: bf16 (1, 512, 1024)). The file is untrusted input: only tensors and arrays are built."""
+    with open(path, "rb") as f:
+        data = _RestrictedUnpickler(f).load()
+    assert isinstance(data, dict) and data, f"{path}: expected a non-empty {{instruction: embedding}} dict"
+    out = {}
+    for text, emb in data.items():
+        assert isinstance(text, str) and isinstance(emb, (torch.Tensor, np.ndarray)), \
+            f"{path}: entry {text!r} is {type(emb).__name__}, not a tensor or array"
+        emb = torch.as_tensor(emb).detach()  # detach: no autograd state or hooks from the file survive
+        emb = emb[0] if emb.ndim == 3 and emb.shape[0] == 1 else emb  # (L, D)
+        assert emb.ndim == 2 and emb.is_floating_point(), f"{path}: {text!r} has shape {tuple(emb.shape)}"
+        out[text] = emb
+    return out
+
+
+def load_libero_stats(path, layout):
+    """{"action": (lo (A,), hi (A,)), "proprio": (lo (P,), hi (P,))} from the released dataset statistics JSON."""
+    with open(path) as f:
+        js = json.load(f)
+    stats = {}
+    for name, key, dim in (("action", "actions", layout.action_dim), ("proprio", "proprio", layout.proprio_dim)):
+        missing = [k for k in (f"{key}_min", f"{key}_max") if k not in js]
+        assert not missing, f"{path}: missing {missing} (has {sorted(js)})"
+        lo, hi = (torch.tensor(js[f"{key}_{m}"], dtype=torch.float32) for m in ("min", "max"))
+        assert lo.shape == hi.shape == (dim,), f"{path}: {key}_min/max must hold {dim} numbers, got {lo.shape}"
+        stats[name] = (lo, hi)
+    return stats
+
+
+def load_libero(dit, vae, stats, t5, device="cpu", dtype=torch.bfloat16, dit_cfg=None, vae_cfg=None, layout=None,
+                image_size=224):
+    """Policy from the released files (paths): the DiT checkpoint (`net.` keys), the Wan2.1 tokenizer.pth, the
+    dataset statistics and the T5 embeddings. Configs default to the real ones; tests pass tiny ones."""
+    dit_cfg, vae_cfg = dit_cfg or DiTConfig.cosmos_predict2_2b(), vae_cfg or VAEConfig.wan21()
+    layout = layout or li.Layout.libero()
+    assert image_size % 16 == 0, f"image_size {image_size}: the VAE (x8) and the DiT patch (x2) need a multiple of 16"
+    instructions = load_t5_embeddings(t5)
+    width = {e.shape[1] for e in instructions.values()}
+    assert width == {dit_cfg.crossattn_emb_channels}, f"T5 widths {width} != DiT {dit_cfg.crossattn_emb_channels}"
+    return Policy(dit=load_dit(dit, dit_cfg, device=device, dtype=dtype),
+                  vae=load_vae(vae, vae_cfg, device=device, dtype=dtype), layout=layout,
+                  stats={k: (lo.to(device), hi.to(device)) for k, (lo, hi) in load_libero_stats(stats, layout).items()},
+                  task_emb=None, task="", image_size=image_size,
+                  instructions={k: v.to(device) for k, v in instructions.items()})
+
+
+def for_instruction(p, instruction):
+    """The policy conditioned on one instruction: its T5 embedding becomes the task embedding."""
+    if instruction not in p.instructions:
+        close = difflib.get_close_matches(instruction, list(p.instructions), n=3)
+        raise KeyError(f"no T5 embedding for {instruction!r} ({len(p.instructions)} known; closest: {close})")
+    return dataclasses.replace(p, task_emb=p.instructions[instruction], task=instruction)
+
+
+def libero_image(img, size=224):
+    """(H, W, 3) uint8 -> (size, size, 3) uint8, the official test-time path: resize to `size` with PIL's default
+    filter (resize_images), then the centre crop of 90% of the area, int(size * sqrt(0.9)) = 212 px, resized back
+    bilinearly (apply_image_transforms: training used random 90%-area crops)."""
+    assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8, f"want (H, W, 3) uint8, got {img.shape}"
+    if img.shape[:2] != (size, size):
+        img = np.asarray(Image.fromarray(img).resize((size, size)))
+    crop = int(size * 0.9 ** 0.5)
+    top = int(round((size - crop) / 2))  # torchvision center_crop's offset
+    x = torch.from_numpy(np.ascontiguousarray(img[top:top + crop, top:top + crop])).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)  # (1, 3, S, S)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+@torch.no_grad()
+def libero_act(p, primary, wrist, proprio, instruction, cfg=None, seed=0, planner=None):
+    """One LIBERO query in parallel mode (5 steps: action chunk, future images and value from one generation), or
+    best-of-N when cfg.best_of > 1 (the planner defaults to the policy itself). Images: (H, W, 3) uint8 after the
+    caller's flip and JPEG; proprio: (9,). Returns numpy actions (K, A), future images, the value (and planning)."""
+    cfg = cfg or PlanConfig()
+    p = for_instruction(p, instruction)
+    proprio = np.asarray(proprio, dtype=np.float32)
+    assert proprio.shape == (p.layout.proprio_dim,), f"proprio must be ({p.layout.proprio_dim},), got {proprio.shape}"
+    obs = {"primary": libero_image(primary, p.image_size)[None], "wrist": libero_image(wrist, p.image_size)[None],
+           "proprio": proprio[None]}  # batch of one
+    out = {}
+    if cfg.best_of > 1:
+        planner = p if planner is None else for_instruction(planner, instruction)
+        actions, values, best, x0 = plan_best_of_n(p, planner, obs, cfg, seed=seed)
+        out.update(values=values[0].cpu().numpy(), best=int(best[0]))
+    else:
+        actions, x0, _ = act(p, obs, cfg.num_steps, seed=seed)
+    return {"actions": actions[0].float().cpu().numpy(), "future_images": imagine(p, obs, x0)[0],
+            "value": float(li.read_value(x0, p.layout)[0]), **out}
+
+
+def libero_main(cfg):
+    """--libero: one query from image files; prints JSON and writes the predicted future images."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    p = load_libero(**libero_files(cfg.libero), device=dev)
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in (cfg.primary, cfg.wrist)]
+    res = libero_act(p, *images, cfg.proprio, cfg.instruction, cfg, seed=cfg.seed)
+    if cfg.out:
+        os.makedirs(cfg.out, exist_ok=True)
+        for name, img in res["future_images"].items():
+            Image.fromarray(img).save(os.path.join(cfg.out, f"{name}.png"))
+    print(json.dumps({"instruction": cfg.instruction, "actions": res["actions"].round(5).tolist(),
+                      "value": res["value"], **({"values": res["values"].tolist(), "best": res["best"]}
+                                                 if "best" in res else {})}))
+
+
 def parse_args(argv):
     kv = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     fields = {f.name for f in dataclasses.fields(PlanConfig)}
@@ -288,5 +468,10 @@ def parse_args(argv):
 
 if __name__ == "__main__":
     c = parse_args(sys.argv[1:])
-    assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
-    evaluate(**dataclasses.asdict(c))
+    if c.libero:
+        assert c.instruction and c.primary and c.wrist and len(c.proprio) == 9, \
+            "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"
+        libero_main(c)
+    else:
+        assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
+        evaluate(**dataclasses.asdict(c))

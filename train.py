@@ -20,8 +20,9 @@ P proprio dim, L text tokens, D text width. Checkpoints are plain dicts (config 
 interrupted run (Ctrl-C, SIGTERM) saves its exact state and `python train.py` with the same flags resumes it.
 """
 import ast
+import contextlib
 import dataclasses
-import math
+import hashlib
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
 import diffusion
@@ -51,6 +54,10 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False  # bf16 autocast (GPU)
     compile: bool = False  # torch.compile the DiT
+    fsdp: bool = False  # under torchrun: shard the DiT with FSDP2 (per block) instead of DDP; for the 2B model
+    grad_accum: int = 1  # micro-steps per optimizer step
+    grad_checkpointing: bool = False  # recompute each DiT block in backward: activation memory for compute
+    dit: str = "toy"  # toy (width/blocks/heads below) | cosmos_predict2_2b (the released architecture)
     seed: int = 0
     image_size: int = 64
     n_demos: int = 200  # expert episodes attempted; only successes are kept
@@ -64,7 +71,7 @@ class TrainConfig:
     action_chunk: int = 16  # K; plan.py executes the first `action_steps` of each chunk
     vae_steps: int = 2000
     vae_batch: int = 8  # 9-frame clips; the VAE, not the DiT, dominates CPU time
-    vae_lr: float = 1e-3
+    vae_lr: float = 3e-3
     video_steps: int = 2000
     policy_steps: int = 4000
     batch_size: int = 32
@@ -79,6 +86,8 @@ class TrainConfig:
     def __post_init__(self):
         assert self.task in ("push_block", "push_t"), f"unknown task {self.task!r}"
         assert self.stage in ("all", "demos", "vae", "video", "policy", "eval"), f"unknown stage {self.stage!r}"
+        assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
+        assert self.grad_accum >= 1, "grad_accum must be >= 1"
         self.rollouts = tuple(self.rollouts)
 
     @classmethod
@@ -108,8 +117,11 @@ def task_embedding(task, tokens=8, width=32):
 
 
 def dit_config(cfg):
-    return dataclasses.replace(DiTConfig.tiny(), model_channels=cfg.width, num_blocks=cfg.blocks,
-                               num_heads=cfg.heads, adaln_lora_dim=cfg.width // 4, crossattn_emb_channels=32)
+    if cfg.dit == "cosmos_predict2_2b":
+        return dataclasses.replace(DiTConfig.cosmos_predict2_2b(), grad_checkpointing=cfg.grad_checkpointing)
+    return dataclasses.replace(DiTConfig.tiny(), model_channels=cfg.width, num_blocks=cfg.blocks, num_heads=cfg.heads,
+                               adaln_lora_dim=cfg.width // 4, crossattn_emb_channels=32,
+                               grad_checkpointing=cfg.grad_checkpointing)
 
 
 def episode_index(data, chunk):
@@ -155,13 +167,21 @@ def encode_clips(vae, data, n_clips, frames, device, gen, batch=16):
     return torch.cat(out)
 
 
+def rank_world():
+    """(rank, world size): (0, 1) unless torchrun started us and main() joined the process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def cached(path, make):
-    """Load `path` if present, else build it with `make()` and save it atomically: an encode is never done twice."""
-    if os.path.exists(path):
-        return torch.load(path, weights_only=True)
-    obj = make()
-    save_atomic(obj, path)
-    return obj
+    """Load `path`, building it first with `make()` (rank 0 only) if absent: an encode is never done twice."""
+    rank, world = rank_world()
+    if rank == 0 and not os.path.exists(path):
+        save_atomic(make(), path)
+    if world > 1:
+        dist.barrier()
+    return torch.load(path, weights_only=True)
 
 
 def save_atomic(obj, path):
@@ -177,62 +197,94 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     """The loop shared by all stages: batch -> loss -> backward -> clip -> AdamW step -> log -> checkpoint.
 
     Resumes from `<run_dir>/<name>.pt` if present; on SIGINT/SIGTERM saves the exact state and exits, so a rerun
-    continues bit-for-bit. `extra` (configs, stats) is stored in the checkpoint for plan.py.
+    continues bit-for-bit. `extra` (configs, stats) is stored in the checkpoint for plan.py. Under torchrun the
+    model is wrapped in DDP, or sharded with FSDP2 (`--fsdp=True`, per DiT block); each rank draws its own batches;
+    `batch_size` is per rank and per micro-step, so the global batch is batch_size * world * grad_accum.
     """
     path = os.path.join(cfg.run_dir, f"{name}.pt")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8,
-                            weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)  # drives batches, sigmas and noise: saved, so resume is exact
+    rank, world = rank_world()
+    net = model
+    fsdp = world > 1 and cfg.fsdp and hasattr(model, "blocks")  # the DiT only: the small VAE stays on DDP
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for block in getattr(model, "blocks", []):
+            fully_shard(block)
+        fully_shard(model)
+    elif world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches, sigmas and noise: saved, so resume is exact
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     step = 0
     if os.path.exists(path):
-        ck = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"], strict=True)
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["rng"])
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        set_state_dict(model, opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"], options=full)
         step = ck["step"]
+        if len(ck["rng"]) == world:
+            gen.set_state(ck["rng"][rank])
+        elif step < steps:
+            print(f"[{name}] saved by {len(ck['rng'])} processes, resumed by {world}: batches will differ")
         print(f"[{name}] resumed from step {step}")
     if step >= steps:
-        return model
+        return model.eval()
 
     def save(s):
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
-                     "step": s, "done": s >= steps, "train_config": asdict(cfg), **extra}, path)
+        model_sd, opt_sd = get_state_dict(model, opt, options=full)  # collective under FSDP: every rank calls it
+        rngs = [gen.get_state()] * world
+        if world > 1:
+            dist.all_gather_object(rngs, gen.get_state())
+        if rank == 0:
+            save_atomic({"model": model_sd, "optimizer": opt_sd, "rng": rngs, "step": s, "done": s >= steps,
+                         "train_config": asdict(cfg), **extra}, path)
 
-    stop = []
-    handlers = {s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)}
-    net = torch.compile(model) if cfg.compile else model
+    stop = torch.zeros(1)
+    handlers = {s: signal.signal(s, lambda *_: stop.fill_(1)) for s in (signal.SIGINT, signal.SIGTERM)}
+    net = torch.compile(net) if cfg.compile else net
+    warmup = min(cfg.warmup, max(1, steps // 10))
     model.train()
     t0, seen, log = time.perf_counter(), 0, {}
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc=name)
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=name, disable=rank > 0)
     for step in bar:
         # linear warm-up, then linear decay to 0.3x (the official LambdaLinearScheduler's first cycle)
-        rate = lr * min((step + 1) / cfg.warmup, 1.0 - 0.7 * max(0, step - cfg.warmup) / max(1, steps - cfg.warmup))
+        rate = lr * min((step + 1) / warmup, 1.0 - 0.7 * max(0, step - warmup) / max(1, steps - warmup))
         for group in opt.param_groups:
             group["lr"] = rate
-        batch = make_batch(gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, parts = compute_loss(net, batch, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for micro in range(cfg.grad_accum):
+            last = micro == cfg.grad_accum - 1  # gradients are all-reduced once, on the last micro-step
+            if fsdp:
+                model.set_requires_gradient_sync(last)
+            with net.no_sync() if isinstance(net, torch.nn.parallel.DistributedDataParallel) and not last \
+                    else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, parts = compute_loss(net, make_batch(gen), gen)
+                (loss / cfg.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        seen += batch_size
+        seen += batch_size * cfg.grad_accum * world
         for k, v in {"loss": loss.detach(), **parts}.items():
             log[k] = log.get(k, 0.0) + float(v) / cfg.log_every
-        if (step + 1) % cfg.log_every == 0:
+        if (step + 1) % cfg.log_every == 0 and rank == 0:
             tqdm.write(f"[{name}] step {step + 1} " + " ".join(f"{k} {v:.4f}" for k, v in log.items())
                        + f" lr {rate:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
             t0, seen, log = time.perf_counter(), 0, {}
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or stop:
+        if world > 1:
+            dist.all_reduce(stop)  # a signal seen by one rank stops all of them at the same step
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or stop.item():
             save(step + 1)
-        if stop:
+        if stop.item():
             bar.close()
             print(f"[{name}] interrupted: state saved at step {step + 1}; rerun the same command to resume")
             sys.exit(130)
     for s, h in handlers.items():
         signal.signal(s, h)
-    model.eval()
-    return model
+    if world > 1 and not fsdp:  # DDP keeps a full copy per rank: prove they never drifted apart
+        digest = hashlib.sha1(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
+        digests = [None] * world
+        dist.all_gather_object(digests, digest)
+        assert len(set(digests)) == 1, f"[{name}] ranks ended with different weights: {digests}"
+        print(f"[{name}] rank {rank}: weights identical on all {world} ranks ({digest[:12]})")
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- stages
@@ -240,11 +292,14 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
 
 def stage_demos(cfg):
     demos, play = (os.path.join(cfg.run_dir, f) for f in ("demos.npz", "play.npz"))
-    if not os.path.exists(demos):
+    rank, world = rank_world()
+    if rank == 0 and not os.path.exists(demos):
         print(sim_env.collect_demos(cfg.task, cfg.n_demos, cfg.seed, demos, image_size=cfg.image_size))
-    if not os.path.exists(play):
+    if rank == 0 and not os.path.exists(play):
         print(sim_env.collect_demos(cfg.task, cfg.n_play, cfg.seed + 10**6, play, image_size=cfg.image_size,
                                     noise=cfg.play_noise, keep_failures=True))
+    if world > 1:
+        dist.barrier()
     return [sim_env.load_demos(p, task=cfg.task, image_size=cfg.image_size) for p in (demos, play)]
 
 
@@ -268,9 +323,7 @@ def stage_vae(cfg, demos, play, device):
         return video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, 9, S, S)
 
     def compute_loss(net, video, gen):
-        mu, log_var = net.encode_moments(video)
-        z = mu + torch.randn(mu.shape, generator=gen).to(device) * (0.5 * log_var).exp()
-        recon = net.decode(z)  # mean 0 / std 1 in the config: the normalisation is the identity while training
+        recon, mu, log_var = net(video, gen)
         rec = (recon - video).square().mean()
         kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
         return rec + 1e-3 * kl, {"recon": rec.detach(), "kl": kl.detach()}
@@ -387,24 +440,33 @@ def parse_args(argv):
 
 
 def main(cfg):
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = rank_world()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device((f"cuda:{local}" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
+                          else cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.run_dir, exist_ok=True)
-    print(f"run folder {cfg.run_dir} on {device}")
+    print(f"run folder {cfg.run_dir} on {device}" + (f", rank {rank} of {world}" if world > 1 else ""))
     demos, play = stage_demos(cfg)
     if cfg.stage == "demos":
         return
-    emb = task_embedding(cfg.task).to(device)
+    emb = task_embedding(cfg.task, width=dit_config(cfg).crossattn_emb_channels).to(device)
     vae = stage_vae(cfg, demos, play, device)
     if cfg.stage != "vae":
         if cfg.init == "video" and cfg.stage in ("all", "video"):
             stage_video(cfg, vae, demos, play, emb, device)
         if cfg.stage in ("all", "policy"):
             stage_policy(cfg, vae, demos, emb, device)
-    if cfg.stage in ("all", "eval"):
+    if cfg.stage in ("all", "eval") and rank == 0:
         import plan
         ckpt = os.path.join(cfg.run_dir, "planner.pt" if cfg.rollouts else "policy.pt")
         plan.evaluate(ckpt, episodes=cfg.eval_episodes, num_steps=cfg.eval_steps, device=device)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -350,6 +350,15 @@ class WanVAE(nn.Module):
         z = latent / inv_std + mean  # (B, Z, T', h, w), the reference's exact inverse
         return self.decoder(self.conv2(z))
 
+    def forward(self, video, generator=None):
+        """Training pass (ours; the official forward is unusable): reconstruct `video` from a posterior sample
+        z = mu + eps * exp(log_var / 2) -> (reconstruction (B, 3, T, H, W), mu, log_var)."""
+        mu, log_var = self.encode_moments(video)
+        eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator else mu.device)
+        z = mu + eps.to(mu) * (0.5 * log_var).exp()  # (B, Z, T', h, w)
+        mean, inv_std = self._latent_scale(z)
+        return self.decode((z - mean) * inv_std), mu, log_var
+
 
 # -----------------------------------------------------------------------------
 # Loading
