@@ -34,7 +34,6 @@ CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_
      python plan.py --libero=DIR --instruction="put the bowl on the plate" --primary=a.png --wrist=b.png
                     --proprio="[9 floats]" [--best_of=8 --seed=195 --out=DIR]   (prints JSON, writes future PNGs)
 """
-import ast
 import collections
 import dataclasses
 import difflib
@@ -57,6 +56,7 @@ import diffusion
 import latent_injection as li
 import sim_env
 from dit import DiTConfig, load_dit
+from train import cli_overrides
 from vae import VAEConfig, load_vae
 
 
@@ -224,7 +224,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset):
     obs, info = env.reset(seeds)
     done = np.zeros(len(seeds), bool)
     max_cov, success = info["coverage"].copy(), info["is_success"].copy()
-    trace = [dict(obs={k: [v[i]] for k, v in obs.items()}, action=[], frames=[], queries=[]) for i in range(len(seeds))]
+    trace = [dict(obs={k: [v[i]] for k, v in obs.items()}, action=[], queries=[]) for i in range(len(seeds))]
     query = 0
     while not done.all():
         if cfg.best_of > 1:
@@ -452,22 +452,8 @@ def libero_main(cfg):
                                                  if "best" in res else {})}))
 
 
-def parse_args(argv):
-    kv = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    fields = {f.name for f in dataclasses.fields(PlanConfig)}
-    unknown = sorted(set(kv) - fields)
-    assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(fields)}"
-    vals = {}
-    for k, v in kv.items():
-        try:
-            vals[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            vals[k] = v
-    return PlanConfig(**vals)
-
-
 if __name__ == "__main__":
-    c = parse_args(sys.argv[1:])
+    c = PlanConfig(**cli_overrides(sys.argv[1:], PlanConfig))
     if c.libero:
         assert c.instruction and c.primary and c.wrist and len(c.proprio) == 9, \
             "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"

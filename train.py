@@ -40,7 +40,7 @@ import diffusion
 import latent_injection as li
 import sim_env
 from dit import DiT, DiTConfig, load_dit
-from vae import VAEConfig, WanVAE
+from vae import VAEConfig, WanVAE, load_vae
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TrainConfig:
     run_dir: str = ""  # default: runs/<preset>_<task>
     stage: str = "all"  # all | demos | vae | video | policy | eval
     init: str = "video"  # policy init: video (our pretraining) | scratch | path to a DiT checkpoint (official .pt too)
-    rollouts: tuple = ()  # rollout .npz files (plan.py --collect-rollouts): trains a planning model
+    rollouts: tuple = ()  # rollout .npz files (plan.py --collect_rollouts), comma-separated: trains a planner
     demo_prob: float = 0.5  # share of policy samples; the rest are rollouts, half world-model, half value (paper)
     device: str = "auto"
     bf16: bool = False  # bf16 autocast (GPU)
@@ -64,7 +64,9 @@ class TrainConfig:
     n_play: int = 200  # action-free episodes (a noisier expert) for video pretraining
     play_noise: float = 0.1  # expert target noise (table units): ~50% success, long episodes full of pushing
     n_clips: int = 4000  # 33-frame video clips encoded for pretraining
+    vae: str = ""  # path to the official Wan2.1 tokenizer.pth: use it instead of training a VAE (with --dit=...2b)
     vae_dim: int = 8
+    vae_dim_mult: tuple = (1, 2, 4, 4)  # Wan2.1's; (1, 2, 4) keeps a 4x finer latent grid (x4 in space, not x8)
     width: int = 128  # DiT model_channels
     blocks: int = 4
     heads: int = 4
@@ -88,7 +90,8 @@ class TrainConfig:
         assert self.stage in ("all", "demos", "vae", "video", "policy", "eval"), f"unknown stage {self.stage!r}"
         assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
         assert self.grad_accum >= 1, "grad_accum must be >= 1"
-        self.rollouts = tuple(self.rollouts)
+        self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
+        self.vae_dim_mult = tuple(self.vae_dim_mult)
 
     @classmethod
     def smoke(cls):  # the whole pipeline in well under a minute on 2 CPU cores: proves it runs, learns nothing
@@ -305,7 +308,11 @@ def stage_demos(cfg):
 
 def stage_vae(cfg, demos, play, device):
     """Reconstruction + small KL on pseudo-video-like clips [black, 4x image, 4x image] and real 9-frame clips."""
-    vcfg = dataclasses.replace(VAEConfig.tiny(), dim=cfg.vae_dim, latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+    if cfg.vae:  # the released tokenizer, whose latents the released DiT was trained on
+        return load_vae(cfg.vae, VAEConfig.wan21(), device=device)
+    vcfg = dataclasses.replace(VAEConfig.tiny(), dim=cfg.vae_dim, dim_mult=cfg.vae_dim_mult, latent_mean=(0.0,) * 16,
+                               latent_std=(1.0,) * 16,  # x4 in time always: the last two levels halve T
+                               temperal_downsample=(False,) * (len(cfg.vae_dim_mult) - 3) + (True, True))
     vae = WanVAE(vcfg).to(device)
     frames = np.concatenate([d[c] for d in (demos, play) for c in ("wrist", "primary")])  # (N, S, S, 3)
     lens = torch.as_tensor(play["episode_len"])
@@ -406,8 +413,9 @@ def stage_policy(cfg, vae, demos, emb, device):
     if cfg.init == "video":
         model.load_state_dict(torch.load(os.path.join(cfg.run_dir, "video.pt"), map_location=device,
                                          weights_only=True)["model"], strict=True)
-    elif cfg.init != "scratch":
-        model = load_dit(cfg.init, model.cfg, device=device)
+    elif cfg.init != "scratch":  # one of our checkpoints (a planner starts from the policy) or an official .pt
+        ck = torch.load(cfg.init, map_location="cpu", weights_only=True, mmap=True)
+        model = load_dit(ck["model"] if "train_config" in ck else ck, model.cfg, device=device)
     slots = {"action": layout.frames("action"), "future": layout.frames("proprio", future=True)
              + layout.frames("image", future=True), "value": layout.frames("value")}
     extra = {"dit_config": asdict(model.cfg), "vae_config": asdict(vae.cfg), "vae": vae.state_dict(),
@@ -417,24 +425,30 @@ def stage_policy(cfg, vae, demos, emb, device):
     return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb, slots), extra, device)
 
 
-def parse_args(argv):
-    """`--field=value` onto TrainConfig (values parsed with ast.literal_eval); `--preset=` picks the starting point."""
-    kv = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+def cli_overrides(argv, cls, extra=()):
+    """`--field=value` arguments -> {field: value} for the dataclass `cls` (plus the names in `extra`); values are
+    parsed with ast.literal_eval, else kept as strings (--task=push_t). Unknown or malformed arguments raise."""
     bad = [a for a in argv if not (a.startswith("--") and "=" in a)]
     assert not bad, f"arguments must look like --field=value, got {bad}"
-    preset = kv.pop("preset", "cpu")
-    assert preset in ("smoke", "cpu", "gpu"), f"unknown preset {preset!r} (smoke | cpu | gpu)"
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(kv) - set(fields))
-    assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(fields)}"
-    cfg = getattr(TrainConfig, preset)()
+    kv = dict(a[2:].split("=", 1) for a in argv)
+    valid = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    unknown = sorted(set(kv) - valid)
+    assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(valid)}"
+    out = {}
     for k, v in kv.items():
         try:
-            val = ast.literal_eval(v)
+            out[k] = ast.literal_eval(v)
         except (ValueError, SyntaxError):
-            val = v  # a bare string such as --task=push_t
-        setattr(cfg, k, val)
-    cfg.__post_init__()
+            out[k] = v
+    return out
+
+
+def parse_args(argv):
+    """`--preset=` picks the starting point (default cpu), then `--field=value` overrides its fields."""
+    kv = cli_overrides(argv, TrainConfig, extra=("preset",))
+    preset = kv.pop("preset", "cpu")
+    assert preset in ("smoke", "cpu", "gpu"), f"unknown preset {preset!r} (smoke | cpu | gpu)"
+    cfg = dataclasses.replace(getattr(TrainConfig, preset)(), **kv)
     cfg.run_dir = cfg.run_dir or f"runs/{preset}_{cfg.task}"
     return cfg
 

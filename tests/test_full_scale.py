@@ -17,6 +17,7 @@ from PIL import Image
 
 import latent_injection as li
 import plan
+import train
 from dit import DiT, DiTConfig, RMSNorm, load_dit
 from vae import VAEConfig, WanVAE
 
@@ -141,9 +142,9 @@ def test_libero_cli(files, tmp_path, monkeypatch, capsys):
     primary, wrist, proprio = observation(3)
     Image.fromarray(primary).save(tmp_path / "primary.png")
     Image.fromarray(wrist).save(tmp_path / "wrist.png")
-    cfg = plan.parse_args([f"--libero={files[0]}", f"--instruction={INSTRUCTION}", f"--primary={tmp_path}/primary.png",
+    cfg = plan.PlanConfig(**train.cli_overrides([f"--libero={files[0]}", f"--instruction={INSTRUCTION}", f"--primary={tmp_path}/primary.png",
                            f"--wrist={tmp_path}/wrist.png", f"--proprio={proprio.tolist()}", "--seed=7",
-                           f"--out={tmp_path}/out", "--device=cpu"])
+                           f"--out={tmp_path}/out", "--device=cpu"], plan.PlanConfig))
     plan.libero_main(cfg)
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["instruction"] == INSTRUCTION and np.array(res["actions"]).shape == (16, 7)

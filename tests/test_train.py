@@ -119,3 +119,15 @@ def test_demo_file_holds_the_expert_successes(smoke_run):
     run_dir, _ = smoke_run
     demos = sim_env.load_demos(run_dir / "demos.npz", task="push_block")
     assert demos["success"].all() and len(demos["episode_len"]) == train.TrainConfig.smoke().n_demos
+
+
+def test_vae_flag_loads_a_released_tokenizer_instead_of_training(tmp_path, monkeypatch):
+    from vae import VAEConfig, WanVAE
+    torch.manual_seed(0)
+    official = WanVAE(VAEConfig.tiny()).state_dict()
+    torch.save(official, tmp_path / "tokenizer.pth")
+    monkeypatch.setattr(train.VAEConfig, "wan21", VAEConfig.tiny)  # the real one is 127M parameters
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(tmp_path), vae=str(tmp_path / "tokenizer.pth"))
+    vae = train.stage_vae(cfg, None, None, torch.device("cpu"))
+    assert all(torch.equal(v, official[k]) for k, v in vae.state_dict().items())
+    assert not (tmp_path / "vae.pt").exists()  # nothing was trained
