@@ -2,7 +2,7 @@
 synchronised), pinned to one CPU core and one torch thread; each section adds its peak RSS (and peak CUDA memory).
 
 python bench.py [section ...]  default: env dit policy vae diffusers; by name only: expert, load2b (a 3.9 GB file)
-  env/expert  sim_env steps/s and observations/s; the scripted expert over 200 held-out seeds (about a minute)
+  env/expert  sim_env steps/s and observations/s; the scripted expert and random targets on 200 held-out seeds
   dit     fwd+bwd tokens/s, TFLOP/s (dit_flops), MFU vs the GPU's dense bf16 peak or, on CPU, a measured fp32 matmul
   policy  one action chunk (act, 5 steps, batch 1); best-of-8 in one batch vs 8 sequential calls (train.py's cpu size)
   vae     encode / decode frames/s of the 33-frame pseudo-video;  diffusers: our DiT vs CosmosTransformer3DModel
@@ -31,13 +31,16 @@ import torch
 import latent_injection as li
 import plan
 import sim_env
+import train
 from dit import DiT, DiTConfig, RMSNorm
 from vae import VAEConfig, WanVAE
 
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense (not 2:4 sparse) bf16 FLOP/s per GPU
-TOY_DIT = dataclasses.replace(DiTConfig.tiny(), model_channels=96, num_blocks=4, num_heads=4, adaln_lora_dim=24)
+CPU_PRESET = train.TrainConfig.cpu()
+TOY_DIT, TOY_VAE = train.dit_config(CPU_PRESET), train.vae_config(CPU_PRESET)  # the networks the cpu preset trains
+TOY_LATENT = CPU_PRESET.image_size // 2 ** (len(CPU_PRESET.vae_dim_mult) - 1)  # 8: 32 px through three levels
 
 
 def _median_s(fn, repeats=5, warmup=1):
@@ -70,21 +73,26 @@ def bench_env(tasks=("push_block", "push_t"), batch=256, repeats=5, image_size=6
     return out
 
 
-def bench_expert(tasks=("push_block", "push_t"), episodes=200, first_seed=10_000, noises=(0.0, 0.01)) -> dict:
-    """The expert, batched and without rendering, on env seeds it was not tuned on (its constants were tuned on
-    seeds 0-199); noise 0.01 is collect_demos' default."""
+def bench_expert(tasks=("push_block", "push_t"), episodes=200, first_seed=100_000, noises=(0.0, 0.01)) -> dict:
+    """The results table's reference rows on plan.py's evaluation seeds, batched and without rendering: the scripted
+    expert (its constants were tuned on seeds 0-199; noise 0.01 is collect_demos' default) and a random policy
+    (uniform targets on the table), with Push-T's two numbers: success rate and mean max coverage."""
     out = {}
     for task in tasks:
-        for noise in noises:
+        for name in [f"expert/noise={n}" for n in noises] + ["random"]:
             env, rng, start = sim_env.VecPushEnv(task, episodes), np.random.default_rng(0), time.perf_counter()
             env.reset(range(first_seed, first_seed + episodes))
+            max_cov = env.cov.copy()
             while not env.done.all():
-                env.step(sim_env.expert_actions(env, noise, rng), render=False)
+                act = (sim_env.expert_actions(env, float(name.split("=")[1]), rng) if name != "random"
+                       else rng.uniform(0, 1, (episodes, 2)).astype(np.float32))
+                env.step(act, render=False)
+                max_cov = np.maximum(max_cov, env.cov)  # an ended episode keeps its final state
             ok = env.cov > env.cfg.success_coverage
-            out[f"{task}/noise={noise}"] = {
-                "success_rate": float(ok.mean()), "seeds": f"{first_seed}-{first_seed + episodes - 1}",
-                "max_steps": env.cfg.max_steps,
-                "mean_len_success": float(env.steps[ok].mean()), "max_len_success": int(env.steps[ok].max()),
+            out[f"{task}/{name}"] = {
+                "success_rate": float(ok.mean()), "mean_max_coverage": round(float(max_cov.mean()), 3),
+                "seeds": f"{first_seed}-{first_seed + episodes - 1}", "max_steps": env.cfg.max_steps,
+                "mean_len_success": float(env.steps[ok].mean()) if ok.any() else None,
                 "wall_s": round(time.perf_counter() - start, 1)}
     return out
 
@@ -112,8 +120,8 @@ def bench_dit() -> dict:
         a = torch.randn(1024, 1024)
         peak, peak_is = 2 * 1024 ** 3 / _median_s(lambda: a @ a, 9), "measured fp32 1024^3 matmul, one core"
     out = {"peak_tflops": peak and round(peak / 1e12, 3), "peak_is": peak_is}
-    for name, cfg, B, H in [("tiny", DiTConfig.tiny(), 32, 8), ("train_cpu_preset", TOY_DIT, 32, 4)] + \
-            [("cosmos_predict2_2b", DiTConfig.cosmos_predict2_2b(), 4, 28)] * CUDA:
+    presets = [("tiny", DiTConfig.tiny(), 32, 8), ("cpu_preset", TOY_DIT, CPU_PRESET.batch_size, TOY_LATENT)]
+    for name, cfg, B, H in presets + [("cosmos_predict2_2b", DiTConfig.cosmos_predict2_2b(), 4, 28)] * CUDA:
         T, S = 9, (512 if cfg.crossattn_emb_channels == 1024 else 8)
         with torch.device(DEV):
             model = DiT(cfg).to(torch.bfloat16 if CUDA else torch.float32).train()
@@ -130,7 +138,7 @@ def bench_dit() -> dict:
 
 def bench_policy() -> dict:
     out, lay2b = {}, li.Layout.libero()
-    toy = ("toy_cpu_preset", TOY_DIT, VAEConfig.tiny(), li.Layout.toy(), 32, (8, 32), torch.float32)
+    toy = ("cpu_preset", TOY_DIT, TOY_VAE, li.Layout.toy(), CPU_PRESET.image_size, (8, 32), torch.float32)
     libero = ("libero_2b", DiTConfig.cosmos_predict2_2b(), VAEConfig.wan21(), lay2b, 224, (512, 1024), torch.bfloat16)
     for name, dcfg, vcfg, lay, s, text, dtype in [toy] + [libero] * CUDA:
         with torch.device(DEV):  # random weights, stats [0, 1]
@@ -153,7 +161,7 @@ def bench_policy() -> dict:
 
 def bench_vae() -> dict:
     out = {}
-    for name, cfg, size, dtype in [("tiny_32px", VAEConfig.tiny(), 32, torch.float32)] + \
+    for name, cfg, size, dtype in [("cpu_preset", TOY_VAE, CPU_PRESET.image_size, torch.float32)] + \
             [("wan21_224px", VAEConfig.wan21(), 224, torch.bfloat16)] * CUDA:
         with torch.device(DEV), torch.no_grad():
             vae, video = WanVAE(cfg).to(dtype).eval(), torch.rand(1, 3, 33, size, size) * 2 - 1

@@ -2,7 +2,8 @@
 
 Paper: Cosmos Policy (arXiv 2601.16163) §3.3-3.4. Official counterparts (NVlabs/cosmos-policy):
 `get_action` / `get_future_state_prediction` / `get_value_prediction` / `aggregate_value_predictions` in
-cosmos_policy/experiments/robot/cosmos_utils.py and the best-of-N loop of cosmos_policy/experiments/robot/aloha/deploy.py.
+cosmos_policy/experiments/robot/cosmos_utils.py and the best-of-N loop of
+cosmos_policy/experiments/robot/aloha/deploy.py.
 
 Letters: B environments, N candidates, M world-model samples, V value samples per future, C latent channels,
 T latent frames, H/W latent height/width, K chunk length, A action dim, S image size.

@@ -101,8 +101,9 @@ class TrainConfig:
 
     @classmethod
     def cpu(cls):  # a newcomer's run: ~15 minutes on 2 CPU cores
-        return cls(n_demos=60, n_play=60, n_clips=1200, image_size=32, width=96, blocks=4, heads=4,
-                   vae_steps=600, video_steps=600, policy_steps=1500, batch_size=32, eval_episodes=100)
+        return cls(n_demos=40, n_play=40, n_clips=600, image_size=32, vae_dim_mult=(1, 2, 4), width=128, blocks=4,
+                   heads=4, vae_steps=300, video_steps=300, policy_steps=800, batch_size=32, lr=1e-3, warmup=100,
+                   eval_episodes=100)
 
     @classmethod
     def gpu(cls):  # the results-table size
@@ -125,6 +126,13 @@ def dit_config(cfg):
     return dataclasses.replace(DiTConfig.tiny(), model_channels=cfg.width, num_blocks=cfg.blocks, num_heads=cfg.heads,
                                adaln_lora_dim=cfg.width // 4, crossattn_emb_channels=32,
                                grad_checkpointing=cfg.grad_checkpointing)
+
+
+def vae_config(cfg):
+    """The toy VAE before training: latent statistics 0/1 until stage_vae measures them."""
+    return dataclasses.replace(VAEConfig.tiny(), dim=cfg.vae_dim, dim_mult=cfg.vae_dim_mult, latent_mean=(0.0,) * 16,
+                               latent_std=(1.0,) * 16,  # x4 in time always: the last two levels halve T
+                               temperal_downsample=(False,) * (len(cfg.vae_dim_mult) - 3) + (True, True))
 
 
 def episode_index(data, chunk):
@@ -310,9 +318,7 @@ def stage_vae(cfg, demos, play, device):
     """Reconstruction + small KL on pseudo-video-like clips [black, 4x image, 4x image] and real 9-frame clips."""
     if cfg.vae:  # the released tokenizer, whose latents the released DiT was trained on
         return load_vae(cfg.vae, VAEConfig.wan21(), device=device)
-    vcfg = dataclasses.replace(VAEConfig.tiny(), dim=cfg.vae_dim, dim_mult=cfg.vae_dim_mult, latent_mean=(0.0,) * 16,
-                               latent_std=(1.0,) * 16,  # x4 in time always: the last two levels halve T
-                               temperal_downsample=(False,) * (len(cfg.vae_dim_mult) - 3) + (True, True))
+    vcfg = vae_config(cfg)
     vae = WanVAE(vcfg).to(device)
     frames = np.concatenate([d[c] for d in (demos, play) for c in ("wrist", "primary")])  # (N, S, S, 3)
     lens = torch.as_tensor(play["episode_len"])
@@ -335,7 +341,8 @@ def stage_vae(cfg, demos, play, device):
         kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
         return rec + 1e-3 * kl, {"recon": rec.detach(), "kl": kl.detach()}
 
-    vae = train_loop(cfg, "vae", vae, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch, make_batch, compute_loss, {"vae_config": asdict(vcfg)}, device)
+    vae = train_loop(cfg, "vae", vae, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch, make_batch, compute_loss,
+                     {"vae_config": asdict(vcfg)}, device)
     with torch.no_grad():  # per-channel statistics of the posterior mean, the role of Wan2.1's 16 constants
         mu = vae.encode_moments(make_batch(torch.Generator().manual_seed(1)))[0]
         vae.cfg = dataclasses.replace(vcfg, latent_mean=tuple(mu.mean((0, 2, 3, 4)).tolist()),
@@ -367,7 +374,8 @@ def stage_video(cfg, vae, demos, play, emb, device):
         return x0, (torch.arange(x0.shape[2]) < n_cond).to(device)  # (B, C, T, H, W), (B, T)
 
     extra = {"dit_config": asdict(model.cfg)}
-    return train_loop(cfg, "video", model, cfg.video_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb), extra, device)
+    return train_loop(cfg, "video", model, cfg.video_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb),
+                      extra, device)
 
 
 def stage_policy(cfg, vae, demos, emb, device):
@@ -422,7 +430,8 @@ def stage_policy(cfg, vae, demos, emb, device):
              "layout": asdict(layout), "stats": {"action": (lo_a, hi_a), "proprio": (lo_p, hi_p)}, "task_emb": emb,
              "task": cfg.task, "image_size": cfg.image_size}
     name = "policy" if not cfg.rollouts else "planner"
-    return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb, slots), extra, device)
+    return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch,
+                      diffusion_loss(emb, slots), extra, device)
 
 
 def cli_overrides(argv, cls, extra=()):

@@ -385,7 +385,7 @@ def load_vae(path_or_state_dict, cfg: VAEConfig, device=None, dtype=None) -> Wan
     if missing or unexpected or wrong_shape:
         problems = [f"{name} ({len(keys)}): " + ", ".join(keys) for name, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
-        raise ValueError(f"state dict does not fit WanVAE(dim={cfg.dim}, z_dim={cfg.z_dim}, dim_mult={cfg.dim_mult}):\n  "
-                         + "\n  ".join(problems))
+        raise ValueError(f"state dict does not fit WanVAE(dim={cfg.dim}, z_dim={cfg.z_dim}, "
+                         f"dim_mult={cfg.dim_mult}):\n  " + "\n  ".join(problems))
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()

@@ -142,9 +142,10 @@ def test_libero_cli(files, tmp_path, monkeypatch, capsys):
     primary, wrist, proprio = observation(3)
     Image.fromarray(primary).save(tmp_path / "primary.png")
     Image.fromarray(wrist).save(tmp_path / "wrist.png")
-    cfg = plan.PlanConfig(**train.cli_overrides([f"--libero={files[0]}", f"--instruction={INSTRUCTION}", f"--primary={tmp_path}/primary.png",
-                           f"--wrist={tmp_path}/wrist.png", f"--proprio={proprio.tolist()}", "--seed=7",
-                           f"--out={tmp_path}/out", "--device=cpu"], plan.PlanConfig))
+    argv = [f"--libero={files[0]}", f"--instruction={INSTRUCTION}", f"--primary={tmp_path}/primary.png",
+            f"--wrist={tmp_path}/wrist.png", f"--proprio={proprio.tolist()}", "--seed=7", f"--out={tmp_path}/out",
+            "--device=cpu"]
+    cfg = plan.PlanConfig(**train.cli_overrides(argv, plan.PlanConfig))
     plan.libero_main(cfg)
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["instruction"] == INSTRUCTION and np.array(res["actions"]).shape == (16, 7)
