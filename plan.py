@@ -204,9 +204,12 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     planner = load_policy(cfg.planning_ckpt, dev) if cfg.planning_ckpt else p
     record = bool(cfg.gifs or cfg.collect_rollouts)
     results, rollouts, t0 = [], [], time.perf_counter()
-    for start in tqdm(range(0, cfg.episodes, cfg.batch), desc="evaluate", disable=cfg.episodes <= cfg.batch):
+    batches = range(0, cfg.episodes, cfg.batch)
+    bar = tqdm(total=len(batches) * getattr(sim_env.EnvConfig, p.task)().max_steps, desc="evaluate", unit="step")
+    for start in batches:  # the bar counts control steps of the batch in flight; every step is one of all envs
         seeds = list(range(cfg.seed + start, cfg.seed + min(start + cfg.batch, cfg.episodes)))
-        results += run_batch(cfg, p, planner, seeds, rollouts if record else None, start)
+        results += run_batch(cfg, p, planner, seeds, rollouts if record else None, start, bar)
+    bar.close()
     success = np.array([r["success"] for r in results])
     lo, hi = wilson(int(success.sum()), len(success))
     summary = {"task": p.task, "episodes": len(results), "success_rate": float(success.mean()), "ci95": [lo, hi],
@@ -220,8 +223,9 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     return summary
 
 
-def run_batch(cfg, p, planner, seeds, rollouts, offset):
+def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
     env = sim_env.VecPushEnv(p.task, len(seeds), image_size=p.image_size)
+    bar_end = bar.n + env.cfg.max_steps
     obs, info = env.reset(seeds)
     done = np.zeros(len(seeds), bool)
     max_cov, success = info["coverage"].copy(), info["is_success"].copy()
@@ -242,6 +246,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset):
         for k in range(min(cfg.action_steps, actions.shape[1])):
             was_done = done.copy()
             obs, reward, term, trunc, info = env.step(actions[:, k])
+            bar.update()
             max_cov = np.maximum(max_cov, np.where(was_done, 0, info["coverage"]))
             success |= info["is_success"] & ~was_done
             done |= term | trunc
@@ -253,6 +258,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset):
             if done.all():
                 break
         query += 1
+    bar.update(bar_end - bar.n)  # episodes that all ended early skip the rest of the step budget
     for i, t in enumerate(trace):
         if rollouts is not None:
             acts = np.stack(t["action"] + t["action"][-1:])  # the final row repeats the last action (demo format)
