@@ -184,11 +184,13 @@ def test_push_moves_block_along_the_push_and_stops_with_it():
 
 
 def test_coverage_is_exact():
-    env = VecPushEnv("push_block", 1)
-    s = 0.16
     poses = np.array([[0.5, 0.5, 0], [0.53, 0.5, 0], [0.5, 0.46, np.pi / 2], [0.5, 0.5, np.pi / 4], [0.9, 0.9, 1]])
+    s, env = 0.16, VecPushEnv("push_block", 1, goal_scale=1.0)  # a goal the block's size, as in Push-T
     octagon = 2 * (np.sqrt(2) - 1)  # a square turned 45 deg about its centre overlaps itself in this share
     assert np.allclose(env.coverage(poses), [1.0, 1 - 0.03 / s, 1 - 0.04 / s, octagon, 0.0], atol=1e-12)
+    g, env = 0.08, VecPushEnv("push_block", 1)  # the default: a marker half the block's size, [0.46, 0.54]^2
+    poses[1:3, :2] = [[0.57, 0.5], [0.5, 0.42]]  # block edges at x = 0.49 and at y = 0.5: 0.05 and 0.04 of 0.08 left
+    assert np.allclose(env.coverage(poses), [1.0, 0.05 / g, 0.04 / g, 1.0, 0.0], atol=1e-12)  # any angle covers it
     env = VecPushEnv("push_t", 1)
     g = np.linspace(0.3, 0.7, 501)  # an independent check: a 501^2 raster, cells 8e-4 wide (error ~1e-3)
     grid = np.stack(np.meshgrid(g, g), -1).reshape(1, -1, 2)
