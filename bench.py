@@ -79,13 +79,13 @@ def bench_expert(tasks=("push_block", "push_t"), episodes=200, first_seed=100_00
     (uniform targets on the table), with Push-T's two numbers: success rate and mean max coverage."""
     out = {}
     for task in tasks:
-        for name in [f"expert/noise={n}" for n in noises] + ["random"]:
+        for name, noise in [(f"expert/noise={n}", n) for n in noises] + [("random", None)]:
             env, rng, start = sim_env.VecPushEnv(task, episodes), np.random.default_rng(0), time.perf_counter()
             env.reset(range(first_seed, first_seed + episodes))
             max_cov = env.cov.copy()
             while not env.done.all():
-                act = (sim_env.expert_actions(env, float(name.split("=")[1]), rng) if name != "random"
-                       else rng.uniform(0, 1, (episodes, 2)).astype(np.float32))
+                act = (rng.uniform(0, 1, (episodes, 2)).astype(np.float32) if noise is None
+                       else sim_env.expert_actions(env, noise, rng))
                 env.step(act, render=False)
                 max_cov = np.maximum(max_cov, env.cov)  # an ended episode keeps its final state
             ok = env.cov > env.cfg.success_coverage

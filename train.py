@@ -419,8 +419,8 @@ def stage_policy(cfg, vae, demos, emb, device):
 
     model = DiT(dit_config(cfg)).to(device)
     if cfg.init == "video":
-        model.load_state_dict(torch.load(os.path.join(cfg.run_dir, "video.pt"), map_location=device,
-                                         weights_only=True)["model"], strict=True)
+        video = torch.load(os.path.join(cfg.run_dir, "video.pt"), map_location=device, weights_only=True)
+        model.load_state_dict(video["model"], strict=True)
     elif cfg.init != "scratch":  # one of our checkpoints (a planner starts from the policy) or an official .pt
         ck = torch.load(cfg.init, map_location="cpu", weights_only=True, mmap=True)
         model = load_dit(ck["model"] if "train_config" in ck else ck, model.cfg, device=device)
