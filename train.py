@@ -7,7 +7,7 @@ with the LIBERO dataset of cosmos_policy/datasets/libero_dataset.py. Here all of
 Stages (`--stage=all` runs them in order, skipping what is already done in the run folder):
   demos  : scripted-expert demonstrations (sim_env.collect_demos) and action-free "play" videos for pretraining.
   vae    : train the tiny Wan-architecture VAE (reconstruction + small KL), then measure the per-channel latent
-           mean/std that normalise latents (the role of Wan2.1's 16 constants).
+           mean/std that normalise latents (the role of Wan2.1's 16 constants); vae_recon.png shows what it keeps.
   video  : pretrain the DiT as a plain video model on 1+4(T-1) consecutive real frames, the first latent frames as
            conditioning: our stand-in for Cosmos-Predict2's pretraining.
   policy : the paper's fine-tuning. Each sample is a pseudo-video (Layout.toy(): blank, proprio, wrist, primary,
@@ -30,7 +30,9 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 
+from einops import rearrange
 import numpy as np
+from PIL import Image
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
@@ -101,8 +103,9 @@ class TrainConfig:
 
     @classmethod
     def cpu(cls):  # a newcomer's run: ~15 minutes on 2 CPU cores
+        # The VAE sits on a plateau (empty table, no block or pusher) until about step 350: 800 steps, not fewer.
         return cls(n_demos=40, n_play=40, n_clips=600, image_size=32, vae_dim_mult=(1, 2, 4), width=128, blocks=4,
-                   heads=4, vae_steps=300, video_steps=300, policy_steps=800, batch_size=32, lr=1e-3, warmup=100,
+                   heads=4, vae_steps=800, video_steps=300, policy_steps=800, batch_size=32, lr=1e-3, warmup=100,
                    eval_episodes=100)
 
     @classmethod
@@ -347,7 +350,27 @@ def stage_vae(cfg, demos, play, device):
         mu = vae.encode_moments(make_batch(torch.Generator().manual_seed(1)))[0]
         vae.cfg = dataclasses.replace(vcfg, latent_mean=tuple(mu.mean((0, 2, 3, 4)).tolist()),
                                       latent_std=tuple(mu.std((0, 2, 3, 4)).clamp_min(1e-3).tolist()))
+    if rank_world()[0] == 0:
+        save_reconstructions(vae, demos, os.path.join(cfg.run_dir, "vae_recon.png"), device)
     return vae
+
+
+@torch.no_grad()
+def save_reconstructions(vae, demos, path, device, n=8):
+    """Demo images above their reconstructions through the pseudo-video path, wrist rows then primary rows -> PNG.
+    A VAE that has not learned the scene returns the empty table: then no policy trained on its latents can see."""
+    layout = li.Layout.toy()
+    rows = np.linspace(0, len(demos["primary"]) - 1, n).astype(int)
+    video = li.raw_frames(layout, {s: torch.from_numpy(demos[s.removeprefix("future_")][rows]).to(device)
+                                   for s in layout.image_slots})  # (n, 3, F, S, S)
+    recon = vae.decode(vae.encode(video)).clamp(-1, 1)
+    last = [4 * k for k in layout.frames("image", future=False)]  # each slot's 4th raw copy
+    mse = (recon[:, :, last] - video[:, :, last]).square().mean().item()
+    pairs = torch.stack([video[:, :, last], recon[:, :, last]], 0)  # (2, n, 3, slots, S, S)
+    grid = rearrange(pairs, "r n c s h w -> (s r h) (n w) c")  # per slot: originals over reconstructions
+    img = Image.fromarray(((grid.cpu().numpy() + 1) * 127.5).round().astype(np.uint8))
+    img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(path)
+    print(f"[vae] reconstruction MSE on demo images {mse:.4f} (pixels in [-1, 1]); picture: {path}")
 
 
 def diffusion_loss(emb, slots=None):

@@ -18,7 +18,7 @@ from conftest import ROOT
 
 def test_smoke_pipeline_runs_end_to_end(smoke_run):
     run_dir, stdout = smoke_run
-    for name in ("demos.npz", "play.npz", "vae.pt", "video.pt", "policy.pt", "demo_latents.pt"):
+    for name in ("demos.npz", "play.npz", "vae.pt", "vae_recon.png", "video.pt", "policy.pt", "demo_latents.pt"):
         assert (run_dir / name).exists(), name
     assert "eval push_block: success" in stdout.splitlines()[-1]
     ck = torch.load(run_dir / "policy.pt", weights_only=True)
