@@ -102,7 +102,7 @@ class TrainConfig:
                    eval_episodes=2, eval_steps=1)
 
     @classmethod
-    def cpu(cls):  # a newcomer's run: ~15 minutes on 2 CPU cores
+    def cpu(cls):  # a newcomer's run: 16 minutes on 2 CPU cores (measured)
         # The VAE sits on a plateau (empty table, no block or pusher) until about step 350: 800 steps, not fewer.
         return cls(n_demos=40, n_play=40, n_clips=600, image_size=32, vae_dim_mult=(1, 2, 4), width=128, blocks=4,
                    heads=4, vae_steps=800, video_steps=300, policy_steps=800, batch_size=32, lr=1e-3, warmup=100,
@@ -350,8 +350,9 @@ def stage_vae(cfg, demos, play, device):
         mu = vae.encode_moments(make_batch(torch.Generator().manual_seed(1)))[0]
         vae.cfg = dataclasses.replace(vcfg, latent_mean=tuple(mu.mean((0, 2, 3, 4)).tolist()),
                                       latent_std=tuple(mu.std((0, 2, 3, 4)).clamp_min(1e-3).tolist()))
-    if rank_world()[0] == 0:
-        save_reconstructions(vae, demos, os.path.join(cfg.run_dir, "vae_recon.png"), device)
+    picture = os.path.join(cfg.run_dir, "vae_recon.png")
+    if rank_world()[0] == 0 and not os.path.exists(picture):  # once per trained VAE, not on every resume
+        save_reconstructions(vae, demos, picture, device)
     return vae
 
 
@@ -364,7 +365,7 @@ def save_reconstructions(vae, demos, path, device, n=8):
     video = li.raw_frames(layout, {s: torch.from_numpy(demos[s.removeprefix("future_")][rows]).to(device)
                                    for s in layout.image_slots})  # (n, 3, F, S, S)
     recon = vae.decode(vae.encode(video)).clamp(-1, 1)
-    last = [4 * k for k in layout.frames("image", future=False)]  # each slot's 4th raw copy
+    last = [li.FRAMES_PER_LATENT * k for k in layout.frames("image", future=False)]  # each slot's last raw copy
     mse = (recon[:, :, last] - video[:, :, last]).square().mean().item()
     pairs = torch.stack([video[:, :, last], recon[:, :, last]], 0)  # (2, n, 3, slots, S, S)
     grid = rearrange(pairs, "r n c s h w -> (s r h) (n w) c")  # per slot: originals over reconstructions
