@@ -90,6 +90,11 @@ def test_training_loss_is_velocity_mse():
     generated = (~cond)[:, None, :, None, None].double()
     expect = LOSS_SCALE * ((F - (noise - x0)) ** 2 * generated).mean()  # cond frames count in the mean with 0
     assert torch.allclose(loss, expect, rtol=1e-10)
+    # action_loss_multiplier: frame 2's squared errors count 4 times, the mean's denominator is unchanged.
+    w = torch.tensor([1.0, 1.0, 4.0, 1.0])
+    weighted, _ = training_loss(lambda x, t, m: F, x0, cond, sigma_B=sigma, noise=noise, frame_weights=w)
+    expect = LOSS_SCALE * ((F - (noise - x0)) ** 2 * generated * w.double().view(1, 1, T, 1, 1)).mean()
+    assert torch.allclose(weighted, expect, rtol=1e-10) and weighted > loss
 
 
 def test_training_loss_parts_and_determinism():
