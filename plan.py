@@ -17,7 +17,8 @@ aggregated by "majority mean"; the best candidate replaces candidate 0 only if s
 Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
 plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
-imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8}.
+imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
+env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies).
 
 Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
 nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
@@ -100,6 +101,7 @@ class Policy:
     task: str
     image_size: int
     instructions: dict = dataclasses.field(default_factory=dict)  # full scale: instruction -> T5 embedding (L, D)
+    relative_actions: bool = False  # toy: actions are offsets from the current position (env_actions adds it back)
 
 
 def load_policy(path, device="cpu"):
@@ -110,7 +112,8 @@ def load_policy(path, device="cpu"):
     return Policy(dit=load_dit(ck["model"], DiTConfig(**ck["dit_config"]), device=device),
                   vae=load_vae(ck["vae"], VAEConfig(**ck["vae_config"]), device=device), layout=layout,
                   stats={k: (lo.to(device), hi.to(device)) for k, (lo, hi) in ck["stats"].items()},
-                  task_emb=ck["task_emb"].to(device), task=ck["task"], image_size=ck["image_size"])
+                  task_emb=ck["task_emb"].to(device), task=ck["task"], image_size=ck["image_size"],
+                  relative_actions=ck.get("relative_actions", False))
 
 
 def network(p):
@@ -151,8 +154,18 @@ def act(p, obs, num_steps=5, seed=0, x_cond=None):
     b = x_cond.shape[0]
     x0 = diffusion.sample(network(p), x_cond, li.condition_mask(p.layout, ["policy"] * b), num_steps,
                           noise=noise_like(x_cond.shape[1:], [seed] * b, x_cond.device))
-    actions = li.unnormalize(li.read_action(x0, p.layout), *p.stats["action"])  # (B, K, A)
-    return actions, x0, li.read_value(x0, p.layout)
+    return env_actions(p, x0, obs), x0, li.read_value(x0, p.layout)
+
+
+def env_actions(p, x0, obs, repeat=1):
+    """Generated latents (B*repeat, C, T, H, W) -> actions (B*repeat, K, A) for env.step: un-normalised and, for a
+    policy trained on offsets (train.action_chunks), moved back to targets by adding the current position, the first
+    A proprio numbers of each sample's observation (obs["proprio"] (B, P), each row repeated `repeat` times)."""
+    actions = li.unnormalize(li.read_action(x0, p.layout), *p.stats["action"])  # (B*repeat, K, A)
+    if p.relative_actions:
+        here = torch.as_tensor(obs["proprio"]).to(actions).repeat_interleave(repeat, 0)  # (B*repeat, P)
+        actions = actions + here[:, None, :actions.shape[-1]]
+    return actions
 
 
 def majority_mean(values, threshold=0.05):
@@ -183,7 +196,7 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0):
     value = majority_mean(torch.stack(values, -1)).view(b, n)  # (B, N)
     best = value.argmax(1)
     best = torch.where(value.gather(1, best[:, None])[:, 0] > value[:, 0], best, torch.zeros_like(best))
-    actions = li.unnormalize(li.read_action(x0, p.layout), *p.stats["action"])  # (B*N, K, A)
+    actions = env_actions(p, x0, obs, repeat=n)  # (B*N, K, A)
     actions = actions.view(b, n, *actions.shape[1:])[torch.arange(b), best]  # (B, K, A)
     return actions, value, best, x0.view(b, n, *x0.shape[1:])[torch.arange(b), best]
 

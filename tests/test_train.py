@@ -46,6 +46,23 @@ def test_episode_index_pads_chunks_and_labels_values():
     assert to_go.tolist() == [1, 0, 0, 0, 0] and success.tolist() == [True] * 3 + [False] * 2
 
 
+def test_relative_action_chunks_come_back_as_the_demonstrated_targets(smoke_run):
+    run_dir, _ = smoke_run
+    policy = plan.load_policy(run_dir / "policy.pt")
+    demos = sim_env.load_demos(run_dir / "demos.npz")
+    assert policy.relative_actions  # the default: what train.py wrote is what plan.py undoes
+    rows, _, chunk_rows, _, _ = train.episode_index(demos, policy.layout.action_chunk)
+    offsets = train.action_chunks(demos, rows, chunk_rows, relative=True)  # (N, K, A)
+    targets = torch.from_numpy(demos["action"])[chunk_rows]
+    assert not torch.allclose(offsets, targets)
+    x0 = li.inject_vectors(torch.zeros(len(rows), 16, policy.layout.num_frames, 4, 4), policy.layout,
+                           action=li.normalize(offsets, *policy.stats["action"]))
+    obs = {"proprio": demos["proprio"][rows.numpy()]}
+    assert torch.allclose(plan.env_actions(policy, x0, obs), targets, atol=1e-5)
+    twice = plan.env_actions(policy, x0.repeat_interleave(2, 0), obs, repeat=2)  # best-of-N: N candidates per row
+    assert torch.allclose(twice, targets.repeat_interleave(2, 0), atol=1e-5)
+
+
 def action_error(policy, demos, n=24):
     """Mean |predicted - demonstrated| action chunk, in normalised units, over the first n demo rows."""
     rows, _, chunk_rows, _, _ = train.episode_index(demos, policy.layout.action_chunk)
