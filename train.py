@@ -421,8 +421,6 @@ def stage_video(cfg, vae, demos, play, emb, device):
 def stage_policy(cfg, vae, demos, emb, device):
     layout = li.Layout.toy(action_chunk=cfg.action_chunk)
     sources = [demos] + [sim_env.load_demos(p, task=cfg.task, image_size=cfg.image_size) for p in cfg.rollouts]
-    rows, _, chunk_rows, _, _ = episode_index(demos, layout.action_chunk)
-    lo_a, hi_a = li.minmax_stats(action_chunks(demos, rows, chunk_rows, cfg.relative_actions).flatten(0, 1))
     lo_p, hi_p = li.minmax_stats(torch.from_numpy(demos["proprio"]))
     table = {k: [] for k in ("latent", "proprio", "action", "future_proprio", "value", "success", "rollout")}
     for i, data in enumerate(sources):
@@ -430,9 +428,11 @@ def stage_policy(cfg, vae, demos, emb, device):
         name = "demo_latents.pt" if i == 0 else f"rollout{i}_latents_{zlib.crc32(cfg.rollouts[i - 1].encode())}.pt"
         table["latent"].append(cached(os.path.join(cfg.run_dir, name),
                                       lambda: encode_pseudo_videos(vae, layout, data, rows, fut, device)))
-        proprio = torch.from_numpy(data["proprio"])
+        proprio, chunks = torch.from_numpy(data["proprio"]), action_chunks(data, rows, chunk_rows, cfg.relative_actions)
+        if i == 0:  # the demos set the action range; rollouts are normalised with it
+            lo_a, hi_a = li.minmax_stats(chunks.flatten(0, 1))  # over (N*K, A)
         table["proprio"].append(li.normalize(proprio[rows], lo_p, hi_p))  # (N, P)
-        table["action"].append(li.normalize(action_chunks(data, rows, chunk_rows, cfg.relative_actions), lo_a, hi_a))
+        table["action"].append(li.normalize(chunks, lo_a, hi_a))  # (N, K, A)
         table["future_proprio"].append(li.normalize(proprio[fut], lo_p, hi_p))
         table["value"].append(li.value_target(to_go, layout.gamma, success).float())  # V(s'), in [-1, 1]
         table["success"].append(success)
