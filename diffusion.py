@@ -82,8 +82,9 @@ def training_loss(net, x0, cond_B_T, sigma_B=None, noise=None, generator=None, s
     """Denoising loss (official: `compute_loss_with_epsilon_and_sigma` and `get_per_sigma_loss_weights`):
     x_sigma = x0 + sigma eps, per element (x0 - x0_pred)^2 (1+sigma)^2/sigma^2 (= |F - (eps - x0)|^2), mean over ALL
     B*C*T*H*W elements (conditioning frames count with ~0 loss), times LOSS_SCALE. sigma and eps are drawn with
-    `generator` unless given. frame_weights: optional (T,) multipliers of each frame's elements before the mean (the
-    official loss mask, e.g. `action_loss_multiplier` on the action frame); the parts below stay unweighted.
+    `generator` unless given. frame_weights: optional (T,) or per-sample (B, T) multipliers of each frame's elements
+    before the mean (the official loss mask: `action_loss_multiplier` on the action frame, the value frame alone for
+    V(s') samples); the parts below stay unweighted and skip frames of weight 0.
     slots: optional {name: [frame indices]}; parts[name] is the same weighted loss and parts[name + "_l1"] the mean
     |x0_pred - x0|, both detached and averaged only over (sample, frame) pairs that are NOT conditioning frames. A name
     whose frames are conditioning in every sample of the batch is absent from parts (nothing was predicted)."""
@@ -100,11 +101,12 @@ def training_loss(net, x0, cond_B_T, sigma_B=None, noise=None, generator=None, s
     # (1+sigma)^2/sigma^2 = 1/t^2 undoes c_out = -t: every sigma then weighs like a plain velocity error.
     per_element = (x0 - x0_pred) ** 2 * ((1.0 + sigma) / sigma) ** 2  # (B, C, T, H, W)
     w = torch.ones(T) if frame_weights is None else frame_weights
-    assert w.shape == (T,), f"frame_weights {tuple(w.shape)} for {T} frames"
-    loss = (per_element * rearrange(w.to(x0), "t -> 1 1 t 1 1")).mean() * LOSS_SCALE
+    assert w.shape in ((T,), (B, T)), f"frame_weights {tuple(w.shape)} for {B} samples of {T} frames"
+    w = w.to(x0).expand(B, T)  # (B, T)
+    loss = (per_element * rearrange(w, "b t -> b 1 t 1 1")).mean() * LOSS_SCALE
     parts = {}
     for name, frames in (slots or {}).items():
-        predicted = ~cond_B_T[:, frames].bool()  # (B, F)
+        predicted = ~cond_B_T[:, frames].bool() & (w[:, frames] > 0)  # (B, F)
         if not predicted.any():
             continue
         sq = per_element[:, :, frames].detach().mean(dim=(1, 3, 4))  # (B, F)

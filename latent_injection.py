@@ -34,7 +34,7 @@ import torch
 from einops import rearrange
 
 KINDS = ("blank", "proprio", "image", "action", "value")
-CONDITION_KINDS = ("policy", "world_model", "value")
+CONDITION_KINDS = ("policy", "world_model", "value", "value_sprime")
 FRAMES_PER_LATENT = 4  # Wan VAE temporal compression: each slot after the blank one is 4 identical raw frames
 
 
@@ -265,11 +265,15 @@ def undo_injection(latent_pred, latent_orig, layout):
 def condition_frames(layout, kind):
     """(T,) bool, True on the clean (conditioning) frames of a sample type (official: `get_data_and_condition`):
     policy p(a, s', V | s): blank + current state; world_model p(s', V | s, a): that + the action frame;
-    value p(V | s, a, s'): everything but the value frame."""
+    value p(V | s, a, s'): everything but the value frame; value_sprime p(V | s'): the blank frame and s' only, the
+    current state and the action noised like the value (official `mask_current_state_action_for_value_prediction`,
+    the ALOHA planning model's V(s'))."""
     assert kind in CONDITION_KINDS, f"kind must be one of {CONDITION_KINDS}, got {kind!r}"
     frame = torch.arange(layout.num_frames)
     if kind == "value":
         return frame != layout.index("value")
+    if kind == "value_sprime":
+        return (frame == 0) | torch.tensor([s.future for s in layout.slots])
     return (frame < layout.num_cond) | ((frame == layout.index("action")) & (kind == "world_model"))
 
 
@@ -286,7 +290,7 @@ if __name__ == "__main__":
         print(f"\n{name}: T={lay.num_frames} raw frames={1 + FRAMES_PER_LATENT * (lay.num_frames - 1)} K,A,P="
               f"{lay.action_chunk},{lay.action_dim},{lay.proprio_dim} gamma={lay.gamma} | in 16x28x28: action "
               f"{room // n} copies + {room % n}, proprio {room // lay.proprio_dim} copies + {room % lay.proprio_dim}")
-        print(f"{'idx':>3} {'slot':<22}{'kind':<9}{'policy':<8}{'world':<8}value  (C = clean conditioning frame)")
+        print(f"{'idx':>3} {'slot':<22}{'kind':<9}{'policy':<8}{'world':<8}{'value':<8}V(s')  (C = clean frame)")
         for i, s in enumerate(lay.slots):
             flags = "".join(f"{'C' if masks[k][i] else '.':<8}" for k in CONDITION_KINDS)
             print(f"{i:>3} {s.name:<22}{s.kind:<9}{flags}".rstrip())

@@ -11,8 +11,9 @@ T latent frames, H/W latent height/width, K chunk length, A action dim, S image 
 One policy query (`act`): encode the current observation as the conditioning prefix of the pseudo-video
 (blank, proprio, wrist, primary), then sample the rest (action, future state, value) in `num_steps` network calls.
 Best-of-N (`plan_best_of_n`): N candidate chunks in one batch (candidate i uses seed + i); for each, M world-model
-samples of s' (action frame clean) and V value samples per s' (everything but the value clean); the M*V values are
-aggregated by "majority mean"; the best candidate replaces candidate 0 only if strictly better.
+samples of s' (action frame clean) and V value samples per s' (everything but the value clean, or only s' for a
+planner trained with --value_sprime); the M*V values are aggregated by "majority mean"; the best candidate replaces
+candidate 0 only if strictly better.
 
 Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
@@ -104,6 +105,7 @@ class Policy:
     image_size: int
     instructions: dict = dataclasses.field(default_factory=dict)  # full scale: instruction -> T5 embedding (L, D)
     relative_actions: bool = False  # toy: actions are offsets from the current position (env_actions adds it back)
+    value_sprime: bool = False  # its value samples see only s' (train.py --value_sprime): the planner's value query
 
 
 def load_policy(path, device="cpu"):
@@ -115,7 +117,7 @@ def load_policy(path, device="cpu"):
                   vae=load_vae(ck["vae"], VAEConfig(**ck["vae_config"]), device=device), layout=layout,
                   stats={k: (lo.to(device), hi.to(device)) for k, (lo, hi) in ck["stats"].items()},
                   task_emb=ck["task_emb"].to(device), task=ck["task"], image_size=ck["image_size"],
-                  relative_actions=ck.get("relative_actions", False))
+                  relative_actions=ck.get("relative_actions", False), value_sprime=ck.get("value_sprime", False))
 
 
 def network(p):
@@ -184,6 +186,7 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0):
     index (B,). Candidate 0 (the base seed) is kept unless another is strictly better (official deploy.py)."""
     x_cond = condition_latent(p, obs)  # the planner shares the policy's VAE (it is fine-tuned from it)
     b, n = x_cond.shape[0], cfg.best_of
+    value_kind = "value_sprime" if planner.value_sprime else "value"
     xc = x_cond.repeat_interleave(n, 0)  # (B*N, C, T, H, W)
     cand = noise_like(xc.shape[1:], [seed + i for _ in range(b) for i in range(n)], xc.device)
     x0 = diffusion.sample(network(p), xc, li.condition_mask(p.layout, ["policy"] * b * n), cfg.num_steps, noise=cand)
@@ -192,7 +195,7 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0):
         fut = diffusion.sample(network(planner), x0, li.condition_mask(p.layout, ["world_model"] * b * n), wm_steps,
                                noise=noise_like(xc.shape[1:], [seed + j] * b * n, xc.device))
         for k, v_steps in enumerate(cfg.value_steps):
-            v = diffusion.sample(network(planner), fut, li.condition_mask(p.layout, ["value"] * b * n), v_steps,
+            v = diffusion.sample(network(planner), fut, li.condition_mask(p.layout, [value_kind] * b * n), v_steps,
                                  noise=noise_like(xc.shape[1:], [seed + k] * b * n, xc.device))
             values.append(li.read_value(v, p.layout))
     value = majority_mean(torch.stack(values, -1)).view(b, n)  # (B, N)

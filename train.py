@@ -55,6 +55,7 @@ class TrainConfig:
     relative_actions: bool = True  # chunks as offsets from the pusher's position at the chunk's start (action_chunks)
     action_loss_multiplier: int = 1  # official option: weight of the action frame in the loss (paper configs: 1)
     demo_prob: float = 0.5  # share of policy samples; the rest are rollouts, half world-model, half value (paper)
+    value_sprime: bool = False  # value samples see s' only, loss on the value frame (official ALOHA planning model)
     device: str = "auto"
     bf16: bool = False  # bf16 autocast (GPU)
     compile: bool = False  # torch.compile the DiT
@@ -391,12 +392,13 @@ def save_reconstructions(vae, demos, path, device, n=8):
     print(f"[vae] reconstruction MSE on demo images {mse:.4f} (pixels in [-1, 1]); picture: {path}")
 
 
-def diffusion_loss(emb, slots=None, frame_weights=None):
-    """The DiT as the callable diffusion.py expects: (x_in, timesteps (B, T), cond mask) -> velocity."""
+def diffusion_loss(emb, slots=None):
+    """The DiT as the callable diffusion.py expects: (x_in, timesteps (B, T), cond mask) -> velocity. Batches are
+    (x0, cond (B, T), frame weights (B, T) or None)."""
     def compute_loss(net, batch, gen):
-        x0, cond = batch
+        x0, cond, weights = batch
         fn = lambda x, t, m: net(x, t, emb.expand(x.shape[0], *emb.shape), m)  # noqa: E731
-        return diffusion.training_loss(fn, x0, cond, generator=gen, slots=slots, frame_weights=frame_weights)
+        return diffusion.training_loss(fn, x0, cond, generator=gen, slots=slots, frame_weights=weights)
     return compute_loss
 
 
@@ -412,7 +414,7 @@ def stage_video(cfg, vae, demos, play, emb, device):
     def make_batch(gen):
         x0 = clips[torch.randint(len(clips), (cfg.batch_size,), generator=gen)].to(device).float()
         n_cond = torch.randint(1, 4, (cfg.batch_size, 1), generator=gen)
-        return x0, (torch.arange(x0.shape[2]) < n_cond).to(device)  # (B, C, T, H, W), (B, T)
+        return x0, (torch.arange(x0.shape[2]) < n_cond).to(device), None  # (B, C, T, H, W), (B, T)
 
     extra = {"dit_config": asdict(model.cfg)}
     return train_loop(cfg, "video", model, cfg.video_steps, cfg.lr, cfg.batch_size, make_batch, diffusion_loss(emb),
@@ -445,6 +447,11 @@ def stage_policy(cfg, vae, demos, emb, device):
     pools = [torch.nonzero(table["rollout"] & (table["success"] == s)).squeeze(1) for s in (True, False)]
     pools = [p for p in pools if len(p)] or [demo_rows]
 
+    value_kind = "value_sprime" if cfg.value_sprime else "value"
+    weights = torch.ones(layout.num_frames)  # (T,)
+    weights[layout.frames("action")] = cfg.action_loss_multiplier
+    value_only = (torch.arange(layout.num_frames) == layout.index("value")).float()  # (T,): noised s, a carry no loss
+
     def make_batch(gen):
         n = cfg.batch_size
         u = torch.rand(n, generator=gen)
@@ -452,12 +459,13 @@ def stage_policy(cfg, vae, demos, emb, device):
         idx = torch.stack([demo_rows[torch.randint(len(demo_rows), (1,), generator=gen)][0] if u[i] < cfg.demo_prob
                            else pools[pool[i]][torch.randint(len(pools[pool[i]]), (1,), generator=gen)][0]
                            for i in range(n)])
-        kinds = ["policy" if u[i] < cfg.demo_prob else ("world_model" if u[i] < (1 + cfg.demo_prob) / 2 else "value")
+        kinds = ["policy" if u[i] < cfg.demo_prob else "world_model" if u[i] < (1 + cfg.demo_prob) / 2 else value_kind
                  for i in range(n)]
         x0 = li.inject_vectors(table["latent"][idx].float(), layout, proprio=table["proprio"][idx],
                                action=table["action"][idx], future_proprio=table["future_proprio"][idx],
                                value=table["value"][idx])
-        return x0.to(device), li.condition_mask(layout, kinds).to(device)
+        w = torch.stack([value_only if k == "value_sprime" else weights for k in kinds])  # (B, T)
+        return x0.to(device), li.condition_mask(layout, kinds).to(device), w.to(device)
 
     model = DiT(dit_config(cfg)).to(device)
     if cfg.init == "video":
@@ -470,12 +478,11 @@ def stage_policy(cfg, vae, demos, emb, device):
              + layout.frames("image", future=True), "value": layout.frames("value")}
     extra = {"dit_config": asdict(model.cfg), "vae_config": asdict(vae.cfg), "vae": vae.state_dict(),
              "layout": asdict(layout), "stats": {"action": (lo_a, hi_a), "proprio": (lo_p, hi_p)}, "task_emb": emb,
-             "task": cfg.task, "image_size": cfg.image_size, "relative_actions": cfg.relative_actions}
+             "task": cfg.task, "image_size": cfg.image_size, "relative_actions": cfg.relative_actions,
+             "value_sprime": cfg.value_sprime}
     name = "policy" if not cfg.rollouts else "planner"
-    weights = torch.ones(layout.num_frames)
-    weights[layout.frames("action")] = cfg.action_loss_multiplier
     return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch,
-                      diffusion_loss(emb, slots, weights), extra, device)
+                      diffusion_loss(emb, slots), extra, device)
 
 
 def cli_overrides(argv, cls, extra=()):

@@ -95,6 +95,11 @@ def test_training_loss_is_velocity_mse():
     weighted, _ = training_loss(lambda x, t, m: F, x0, cond, sigma_B=sigma, noise=noise, frame_weights=w)
     expect = LOSS_SCALE * ((F - (noise - x0)) ** 2 * generated * w.double().view(1, 1, T, 1, 1)).mean()
     assert torch.allclose(weighted, expect, rtol=1e-10) and weighted > loss
+    # Per-sample weights: sample 0 is a V(s') sample, only its last frame counts; the others keep w.
+    w_bt = torch.stack([torch.tensor([0.0, 0.0, 0.0, 1.0]), w, w])  # (B, T)
+    per_sample, _ = training_loss(lambda x, t, m: F, x0, cond, sigma_B=sigma, noise=noise, frame_weights=w_bt)
+    expect = LOSS_SCALE * ((F - (noise - x0)) ** 2 * generated * w_bt.double().view(B, 1, T, 1, 1)).mean()
+    assert torch.allclose(per_sample, expect, rtol=1e-10) and per_sample < weighted
 
 
 def test_training_loss_parts_and_determinism():
@@ -124,6 +129,12 @@ def test_training_loss_parts_and_determinism():
     assert torch.allclose(parts["action_l1"], (x0 - x0_pred)[:2, :, 4].abs().mean())
     per_sample = ((x0 - x0_pred)[:, :, 5:8] ** 2).mean(dim=(1, 2, 3, 4)) * ((1 + sigma) / sigma) ** 2
     assert torch.allclose(parts["future"], LOSS_SCALE * per_sample.mean())
+    # A frame weighted 0 in a sample (a V(s') sample's noised action) is not a prediction: the part skips it.
+    w = torch.ones(B, T)
+    w[1, 4] = 0.0
+    _, parts = training_loss(net, x0, cond, sigma_B=sigma, noise=noise, slots=slots, frame_weights=w)
+    per_sample = ((x0 - x0_pred)[:, :, 4] ** 2).mean(dim=(1, 2, 3)) * ((1 + sigma) / sigma) ** 2
+    assert torch.allclose(parts["action"], LOSS_SCALE * per_sample[0])
 
 
 def test_karras_sigmas_match_spec():

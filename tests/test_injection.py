@@ -141,6 +141,14 @@ def test_condition_masks(layout):
         condition_frames(layout, "actions")
 
 
+@pytest.mark.parametrize("layout", [Layout.libero(), Layout.robocasa(), Layout.toy()])
+def test_value_sprime_mask_sees_only_the_future_state(layout):
+    clean = condition_frames(layout, "value_sprime").tolist()
+    assert clean == [i == 0 or s.future for i, s in enumerate(layout.slots)]
+    for name in ("proprio", "wrist", "action", "value", "future_proprio", "future_wrist"):  # s and a are noised
+        assert clean[layout.index(name)] == name.startswith("future_"), name
+
+
 def test_condition_masks_aloha():
     layout = Layout.aloha()
     assert condition_frames(layout, "world_model").tolist() == [True] * 6 + [False] * 5

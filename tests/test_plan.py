@@ -1,0 +1,90 @@
+"""plan.py on the smoke checkpoint: value aggregation, best-of-N shapes and selection rule, the planner's value query,
+and an evaluation that collects rollouts and writes a GIF."""
+import dataclasses
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import latent_injection as li
+import plan
+import sim_env
+from conftest import ROOT
+
+
+def test_majority_mean_follows_the_official_rule():
+    v = torch.tensor([[0.9, 0.7, 0.0, 0.02, 0.5],  # 3 of 5 above 0.05: the mean of those 3
+                      [0.9, 0.01, 0.0, 0.02, 0.5],  # 2 of 5: no majority, 0
+                      [0.4, 0.0, 0.3, 0.01, 0.0]])  # 2 of 5 again
+    assert torch.allclose(plan.majority_mean(v), torch.tensor([0.7, 0.0, 0.0]))
+    assert plan.majority_mean(torch.tensor([0.4, 0.0])) == pytest.approx(0.4)  # exactly half is a majority
+    assert plan.majority_mean(torch.tensor([1.5, 1.2])) == 1.0  # clipped to [0, 1]
+
+
+def test_wilson_interval():
+    assert plan.wilson(0, 200) == pytest.approx((0.0, 0.01885), abs=1e-4)
+    assert plan.wilson(100, 200) == pytest.approx((0.4314, 0.5686), abs=1e-4)
+    assert plan.wilson(0, 0) == (0.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def policy(smoke_run):
+    return plan.load_policy(smoke_run[0] / "policy.pt")
+
+
+def observation(policy, n, seed=0):
+    obs, _ = sim_env.VecPushEnv(policy.task, n, image_size=policy.image_size).reset(list(range(seed, seed + n)))
+    return obs
+
+
+def test_best_of_two_returns_documented_shapes_and_keeps_the_base_unless_beaten(policy):
+    obs, lay = observation(policy, 3), policy.layout
+    cfg = plan.PlanConfig(best_of=2, wm_steps=(1,), value_steps=(1, 2), num_steps=2)
+    actions, values, best, x0 = plan.plan_best_of_n(policy, policy, obs, cfg, seed=7)
+    assert actions.shape == (3, lay.action_chunk, lay.action_dim) and values.shape == (3, 2) and best.shape == (3,)
+    assert x0.shape[0] == 3 and x0.shape[2] == lay.num_frames
+    assert bool(((values >= 0) & (values <= 1)).all())
+    base, _, _ = plan.act(policy, obs, cfg.num_steps, seed=7)  # candidate 0 is the plain policy's sample
+    for i in range(3):
+        if best[i] == 0:
+            torch.testing.assert_close(actions[i], base[i], atol=1e-4, rtol=0)
+        else:
+            assert values[i, best[i]] > values[i, 0]
+
+
+@pytest.mark.parametrize("sprime, kind", [(False, "value"), (True, "value_sprime")])
+def test_value_queries_use_the_planners_mask(policy, monkeypatch, sprime, kind):
+    masks, real = [], plan.diffusion.sample
+
+    def spy(net, x_cond, cond, num_steps, **kw):
+        masks.append(cond[0].tolist())
+        return real(net, x_cond, cond, num_steps, **kw)
+
+    monkeypatch.setattr(plan.diffusion, "sample", spy)
+    cfg = plan.PlanConfig(best_of=2, wm_steps=(1,), value_steps=(1,), num_steps=1)
+    plan.plan_best_of_n(policy, dataclasses.replace(policy, value_sprime=sprime), observation(policy, 1), cfg)
+    assert masks == [li.condition_frames(policy.layout, k).tolist() for k in ("policy", "world_model", kind)]
+
+
+def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run)
+    summary = plan.evaluate(str(run / "policy.pt"), episodes=2, best_of=2, wm_steps=(1,), value_steps=(1,),
+                            num_steps=1, gifs=1, collect_rollouts=str(run / "rollouts.npz"))
+    assert summary["episodes"] == 2 and summary["best_of"] == 2 and 0 <= summary["success_rate"] <= 1
+    lo, hi = summary["ci95"]
+    assert 0 <= lo <= summary["success_rate"] <= hi <= 1 and 0 <= summary["mean_max_coverage"] <= 1
+    rollouts = sim_env.load_demos(run / "rollouts.npz", task="push_block")
+    assert len(rollouts["episode_len"]) == 2 and list(rollouts["seed"]) == [100_000, 100_001]
+    gifs = list((run / "gifs").glob("seed100000_*.gif"))
+    assert len(gifs) == 1 and Image.open(gifs[0]).n_frames == rollouts["episode_len"][0]
+
+    out = subprocess.run([sys.executable, "train.py", "--preset=smoke", "--stage=policy", f"--run_dir={run}",
+                          f"--rollouts={run / 'rollouts.npz'}", f"--init={run / 'policy.pt'}", "--value_sprime=True"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    planner = plan.load_policy(run / "planner.pt")
+    assert planner.value_sprime and not plan.load_policy(run / "policy.pt").value_sprime
