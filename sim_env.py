@@ -26,8 +26,9 @@ auto-resets: an ended episode ignores actions and keeps its final state, reward 
 Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **overrides): reset(seed) -> (obs, info),
 step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N, image_size):
 reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False), observe();
-expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); collect_demos(task, n_episodes, seed, path)
--> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size) -> dict of arrays.
+expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); collect_demos(task, n_episodes, seed, path,
+explore) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size) -> dict of
+arrays.
 """
 import dataclasses
 import os
@@ -370,9 +371,13 @@ def load_demos(path, task=None, image_size=None):
     return d
 
 
-def collect_demos(task, n_episodes, seed, path, image_size=64, noise=0.01, num_envs=50, keep_failures=False):
+def collect_demos(task, n_episodes, seed, path, image_size=64, noise=0.01, num_envs=50, keep_failures=False,
+                  explore=0.0):
     """Run the expert on env seeds seed, seed + 1, ... (num_envs at a time) and save its successful episodes (all of
-    them if keep_failures) to path -> {'attempted', 'kept', 'success_rate', 'mean_len'} (env steps, kept episodes)."""
+    them if keep_failures) to path -> {'attempted', 'kept', 'success_rate', 'mean_len'} (env steps, kept episodes).
+    explore: std (table units) of Gaussian noise on the executed target only; the file records the expert's target.
+    That is DART (Laskey et al., 2017): the demos visit the slightly-off states a learned policy drifts into, each
+    labelled with the expert's correction."""
     rng, kept, successes = np.random.default_rng(seed), [], 0
     with tqdm(total=n_episodes, desc=f"expert demos {task}") as bar:
         for lo in range(seed, seed + n_episodes, num_envs):
@@ -381,7 +386,8 @@ def collect_demos(task, n_episodes, seed, path, image_size=64, noise=0.01, num_e
             frames, actions = [env.reset(seeds)[0]], []
             while not env.done.all():
                 actions.append(expert_actions(env, noise, rng))
-                frames.append(env.step(actions[-1])[0])
+                executed = actions[-1] + explore * rng.standard_normal(actions[-1].shape) if explore else actions[-1]
+                frames.append(env.step(np.clip(executed, 0, 1).astype(np.float32))[0])
             for n, (s, L) in enumerate(zip(seeds, env.steps)):
                 ok = bool(env.cov[n] > env.cfg.success_coverage)
                 if ok or keep_failures:

@@ -68,6 +68,7 @@ class TrainConfig:
     n_demos: int = 200  # expert episodes attempted; only successes are kept
     n_play: int = 200  # action-free episodes (a noisier expert) for video pretraining
     play_noise: float = 0.1  # expert target noise (table units): ~50% success, long episodes full of pushing
+    demo_explore: float = 0.0  # DART: noise on the demos' executed targets, recorded clean (sim_env.collect_demos)
     n_clips: int = 4000  # 33-frame video clips encoded for pretraining
     vae: str = ""  # path to the official Wan2.1 tokenizer.pth: use it instead of training a VAE (with --dit=...2b)
     vae_dim: int = 8
@@ -326,7 +327,8 @@ def stage_demos(cfg):
     demos, play = (os.path.join(cfg.run_dir, f) for f in ("demos.npz", "play.npz"))
     rank, world = rank_world()
     if rank == 0 and not os.path.exists(demos):
-        print(sim_env.collect_demos(cfg.task, cfg.n_demos, cfg.seed, demos, image_size=cfg.image_size))
+        print(sim_env.collect_demos(cfg.task, cfg.n_demos, cfg.seed, demos, image_size=cfg.image_size,
+                                    explore=cfg.demo_explore))
     if rank == 0 and not os.path.exists(play):
         print(sim_env.collect_demos(cfg.task, cfg.n_play, cfg.seed + 10**6, play, image_size=cfg.image_size,
                                     noise=cfg.play_noise, keep_failures=True))

@@ -253,6 +253,18 @@ def test_demo_round_trip_replays_exactly(tmp_path):
         assert np.array_equal(d["action"][rows][-1], d["action"][rows][-2])  # the padding row repeats the last action
 
 
+def test_dart_demos_record_the_expert_target_not_the_executed_one(tmp_path):
+    path = str(tmp_path / "dart.npz")
+    collect_demos("push_block", 2, seed=7, path=path, image_size=16, noise=0.0, explore=0.05)
+    d = load_demos(path)
+    for start, length, seed in zip(d["episode_start"], d["episode_len"], d["seed"]):
+        rows = slice(start, start + length)
+        env = PushEnv("push_block", image_size=16)
+        first = env.reset(seed=int(seed))[0]
+        assert np.array_equal(d["action"][start], expert_action(env))  # the label is the noise-free expert's
+        replay = _stacked([first] + [env.step(a)[0] for a in d["action"][rows][:-1]])
+        assert not np.allclose(replay["proprio"], d["proprio"][rows], atol=1e-3)  # the executed targets were not
+
 def test_play_collection_keeps_and_flags_failures(tmp_path):
     path = str(tmp_path / "play.npz")
     summary = collect_demos("push_block", 3, seed=0, path=path, image_size=16, noise=0.5, keep_failures=True)
