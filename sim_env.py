@@ -386,8 +386,11 @@ def collect_demos(task, n_episodes, seed, path, image_size=64, noise=0.01, num_e
             frames, actions = [env.reset(seeds)[0]], []
             while not env.done.all():
                 actions.append(expert_actions(env, noise, rng))
-                executed = actions[-1] + explore * rng.standard_normal(actions[-1].shape) if explore else actions[-1]
-                frames.append(env.step(np.clip(executed, 0, 1).astype(np.float32))[0])
+                executed = actions[-1]
+                if explore:
+                    executed = executed + explore * rng.standard_normal(executed.shape)
+                    executed = np.clip(executed, 0, 1).astype(np.float32)
+                frames.append(env.step(executed)[0])
             for n, (s, L) in enumerate(zip(seeds, env.steps)):
                 ok = bool(env.cov[n] > env.cfg.success_coverage)
                 if ok or keep_failures:
