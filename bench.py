@@ -1,10 +1,11 @@
 """Benchmarks as one JSON object, one dict per section: medians of 5 repeats after a warm-up (perf_counter, CUDA
-synchronised), pinned to one CPU core and one torch thread; each section adds its peak RSS (and peak CUDA memory).
+synchronised), one torch thread, pinned to one CPU core where there is no GPU (on a GPU machine torch.compile's
+workers use the rest); each section adds its peak RSS (and peak CUDA memory).
 
 python bench.py [section ...]  default: env dit policy vae diffusers; by name only: expert, load2b (a 3.9 GB file)
   env/expert  sim_env steps/s and observations/s; the scripted expert and random targets on 200 held-out seeds
   dit     fwd+bwd tokens/s, TFLOP/s (dit_flops), MFU vs the GPU's dense bf16 peak or, on CPU, a measured fp32 matmul
-  policy  one action chunk (act, 5 steps, batch 1); best-of-8 in one batch vs 8 sequential calls (train.py's cpu size)
+  policy  one action chunk (act, 5 steps, batch 1); best-of-8 (ensemble, lean) in one batch vs 8 sequential calls
   vae     encode / decode frames/s of the 33-frame pseudo-video;  diffusers: our DiT vs CosmosTransformer3DModel
   load2b  peak RSS of load_dit(dtype=bf16) on CPU, in subprocesses, of a synthetic official-format 2B checkpoint
 The 2B DiT, the LIBERO-size policy and the Wan2.1 VAE at 224 px run only where CUDA is available.
@@ -120,41 +121,72 @@ def bench_dit() -> dict:
         a = torch.randn(1024, 1024)
         peak, peak_is = 2 * 1024 ** 3 / _median_s(lambda: a @ a, 9), "measured fp32 1024^3 matmul, one core"
     out = {"peak_tflops": peak and round(peak / 1e12, 3), "peak_is": peak_is}
-    presets = [("tiny", DiTConfig.tiny(), 32, 8), ("cpu_preset", TOY_DIT, CPU_PRESET.batch_size, TOY_LATENT)]
-    for name, cfg, B, H in presets + [("cosmos_predict2_2b", DiTConfig.cosmos_predict2_2b(), 4, 28)] * CUDA:
+    presets = [("tiny", DiTConfig.tiny(), 32, 8, False), ("cpu_preset", TOY_DIT, CPU_PRESET.batch_size, TOY_LATENT,
+                                                            False)]
+    big = DiTConfig.cosmos_predict2_2b()  # eager, then torch.compile (fuses the fp32 norms and RoPE around the matmuls)
+    for name, cfg, B, H, compiled in presets + [("cosmos_predict2_2b", big, 4, 28, False),
+                                                ("cosmos_predict2_2b_compiled", big, 4, 28, True)] * CUDA:
         T, S = 9, (512 if cfg.crossattn_emb_channels == 1024 else 8)
         with torch.device(DEV):
             model = DiT(cfg).to(torch.bfloat16 if CUDA else torch.float32).train()
             x, t, emb = torch.randn(B, 16, T, H, H), torch.rand(B, T), torch.randn(B, S, cfg.crossattn_emb_channels)
             mask = (torch.arange(T) < 4).float().view(1, 1, T, 1, 1).expand(B, 1, T, H, H)
-        step = lambda: model(x, t, emb, mask).square().mean().backward()  # noqa: E731 (grads accumulate: same cost)
+        net = torch.compile(model) if compiled else model
+        step = lambda: net(x, t, emb, mask).square().mean().backward()  # noqa: E731 (grads accumulate: same cost)
+        start = time.perf_counter()
+        step()  # the first call compiles; _median_s warms up again
+        first_s = time.perf_counter() - start
         sec, flop, tokens = _median_s(step), 3 * dit_flops(cfg, B, T, H, H, S), B * T * (H // 2) ** 2
-        out[name] = {"batch": B, "latent_THW": [T, H, H], "tokens": tokens, "fwd_bwd_ms": round(sec * 1e3, 2),
+        out[name] = {"batch": B, "latent_THW": [T, H, H], "tokens": tokens, "first_call_s": round(first_s, 1),
+                     "fwd_bwd_ms": round(sec * 1e3, 2),
                      "tokens_per_s": round(tokens / sec), "gflop_per_step": round(flop / 1e9, 3),
                      "achieved_tflops": round(flop / sec / 1e12, 4), "mfu": peak and round(flop / sec / peak, 4)}
-        del model, step
+        del model, net, step
     return out
 
 
 def bench_policy() -> dict:
+    """Latency per action chunk, batch 1. Best-of-8 in two sizes: "ensemble", PlanConfig's default (the official
+    ALOHA 3 futures x 5 values, 5 action steps: 59 DiT calls per candidate), and "lean", the official defaults of one
+    future and one value sample of 1 step each (7 calls), each in one batch and as 8 sequential calls. On CUDA, the
+    LIBERO-size policy's peak memory for one query (act) is measured alone: the official figure is 6.8 GB."""
     out, lay2b = {}, li.Layout.libero()
-    toy = ("cpu_preset", TOY_DIT, TOY_VAE, li.Layout.toy(), CPU_PRESET.image_size, (8, 32), torch.float32)
-    libero = ("libero_2b", DiTConfig.cosmos_predict2_2b(), VAEConfig.wan21(), lay2b, 224, (512, 1024), torch.bfloat16)
-    for name, dcfg, vcfg, lay, s, text, dtype in [toy] + [libero] * CUDA:
+    toy = ("cpu_preset", TOY_DIT, TOY_VAE, li.Layout.toy(), CPU_PRESET.image_size, (8, 32), torch.float32, 5)
+    libero = ("libero_2b", DiTConfig.cosmos_predict2_2b(), VAEConfig.wan21(), lay2b, 224, (512, 1024), torch.bfloat16,
+              3)  # a 2B ensemble plan is seconds: 3 repeats
+    plans = {"ensemble": plan.PlanConfig(best_of=8),
+             "lean": plan.PlanConfig(best_of=8, wm_steps=(1,), value_steps=(1,))}
+    for name, dcfg, vcfg, lay, s, text, dtype, repeats in [toy] + [libero] * CUDA:
         with torch.device(DEV):  # random weights, stats [0, 1]
             stats = {k: (torch.zeros(n), torch.ones(n)) for k, n in (("action", lay.action_dim),
                                                                      ("proprio", lay.proprio_dim))}
             p = plan.Policy(DiT(dcfg).to(dtype).eval(), WanVAE(vcfg).to(dtype).eval(), lay, stats, torch.randn(text),
                             "bench", s)
-        rng, one, eight = np.random.default_rng(0), plan.PlanConfig(best_of=1), plan.PlanConfig(best_of=8)
+        rng = np.random.default_rng(0)
         obs = {c: rng.integers(0, 256, (1, s, s, 3), dtype=np.uint8) for c in ("primary", "wrist")}
         obs["proprio"] = rng.uniform(0, 1, (1, lay.proprio_dim)).astype(np.float32)
-        out[name] = {
-            "act_ms": round(_median_s(lambda: plan.act(p, obs, 5)) * 1e3, 1),
-            "best_of_8_one_batch_ms": round(_median_s(lambda: plan.plan_best_of_n(p, p, obs, eight)) * 1e3, 1),
-            "best_of_8_sequential_ms": round(_median_s(
-                lambda: [plan.plan_best_of_n(p, p, obs, one, seed=i) for i in range(8)]) * 1e3, 1),
-            "dit_calls_per_candidate": one.num_steps + sum(one.wm_steps) + len(one.wm_steps) * sum(one.value_steps)}
+        row = out[name] = {}
+
+        def put(key, value):  # each number also goes to stderr at once: a run cut off at its time limit keeps them
+            row[key] = value
+            print(f"policy/{name}/{key}: {value}", file=sys.stderr, flush=True)
+        put("act_ms", round(_median_s(lambda: plan.act(p, obs, 5)) * 1e3, 1))
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
+            plan.act(p, obs, 5)
+            put("act_cuda_peak_mb", round(torch.cuda.max_memory_allocated() / 2 ** 20))
+        for kind, cfg in plans.items():
+            seq = dataclasses.replace(cfg, best_of=1)
+            put(f"{kind}_dit_calls_per_candidate", cfg.num_steps + sum(cfg.wm_steps) + len(cfg.wm_steps) * sum(
+                cfg.value_steps))
+            put(f"best_of_8_{kind}_one_batch_ms", round(_median_s(
+                lambda: plan.plan_best_of_n(p, p, obs, cfg), repeats) * 1e3, 1))
+            put(f"best_of_8_{kind}_sequential_ms", round(_median_s(
+                lambda: [plan.plan_best_of_n(p, p, obs, seq, seed=i) for i in range(8)], repeats) * 1e3, 1))
+        if CUDA:  # last: compiling the 2B is slow (its training step took 200 s on an H100)
+            fast = dataclasses.replace(p, dit=torch.compile(p.dit))  # batch 1 only, so it compiles once
+            plan.act(fast, obs, 5)
+            put("act_compiled_dit_ms", round(_median_s(lambda: plan.act(fast, obs, 5)) * 1e3, 1))
         del p
     return out
 
@@ -171,10 +203,12 @@ def bench_vae() -> dict:
     return out
 
 
-def bench_diffusers(B=8, T=9, H=8, W=8, S=8) -> dict:
-    """CPU, fp32, DiTConfig.tiny() with every weight random (the official init zeroes the adaLN up-projections),
-    converted by diffusers' own Cosmos converter; RoPE scale (t, h, w) = (1, 3, 3); no fps (it would switch on the
-    modulation the policy config disables); diffusers' q/k RMSNorm eps (1e-5) set to the official 1e-6."""
+def bench_diffusers() -> dict:
+    """Our DiT against diffusers' CosmosTransformer3DModel with the same weights, converted by diffusers' own Cosmos
+    converter: DiTConfig.tiny() in fp32 on CPU (8, 16, 9, 8, 8); on CUDA also the 2B in bf16 at LIBERO's latent
+    (1, 16, 9, 28, 28) with 512 text tokens. Every weight is random (the official init zeroes the adaLN
+    up-projections); no fps (it would switch on the modulation the policy config disables); diffusers' q/k RMSNorm eps
+    (1e-5) set to the official 1e-6. Eager forwards, both through torch SDPA."""
     try:
         import diffusers
         import diffusers.models.transformers.transformer_cosmos as tc
@@ -184,30 +218,45 @@ def bench_diffusers(B=8, T=9, H=8, W=8, S=8) -> dict:
     if not hasattr(tc, "transforms"):  # no torchvision: diffusers resizes the (all-zero) padding mask with it
         tc.transforms = SimpleNamespace(InterpolationMode=SimpleNamespace(NEAREST=None), functional=SimpleNamespace(
             resize=lambda m, size, interpolation: torch.nn.functional.interpolate(m, size=size)))
-    cfg, gen = DiTConfig.tiny(), torch.Generator().manual_seed(0)
-    ours = DiT(cfg).eval()
-    for m in ours.modules():  # Linear: N(0, 1/fan_in); RMSNorm gains: N(1, 1/dim)
-        if isinstance(m, (torch.nn.Linear, RMSNorm)):
-            torch.nn.init.normal_(m.weight, float(m.weight.ndim == 1), m.weight.shape[-1] ** -0.5, generator=gen)
-    theirs = tc.CosmosTransformer3DModel(  # in_channels: + the condition mask (diffusers adds the padding mask)
-        cfg.in_channels + 1, cfg.out_channels, cfg.num_heads, cfg.model_channels // cfg.num_heads, cfg.num_blocks,
-        cfg.mlp_ratio, cfg.crossattn_emb_channels, cfg.adaln_lora_dim, (128, 240, 240), (1, 2, 2), (1.0, 3.0, 3.0),
-        concat_padding_mask=True, extra_pos_embed_type=None).eval()
-    theirs.load_state_dict(convert_cosmos_transformer_checkpoint_to_diffusers(
-        {f"net.{k}": v for k, v in ours.state_dict().items()}), strict=True)
-    for m in (m for name, m in theirs.named_modules() if name.endswith(("norm_q", "norm_k"))):
-        m.eps = 1e-6
-    x, emb = torch.randn(B, 16, T, H, W, generator=gen), torch.randn(B, S, cfg.crossattn_emb_channels, generator=gen)
-    t = torch.rand(B, T, generator=gen) * (torch.arange(T) >= 4)  # clean conditioning frames have t = 0
-    mask = (torch.arange(T) < 4).float().view(1, 1, T, 1, 1).expand(B, 1, T, H, W)
-    with torch.no_grad():
-        run_ours = lambda: ours(x, t, emb, mask)  # noqa: E731
-        run_theirs = lambda: theirs(x, t.view(B, 1, T, 1, 1), emb, condition_mask=mask,  # noqa: E731
-                                    padding_mask=torch.zeros(1, 1, H, W), return_dict=False)[0]
-        diff = (run_ours() - run_theirs()).abs().max().item()
-        ms_ours, ms_theirs = (_median_s(f) * 1e3 for f in (run_ours, run_theirs))
-    return {"diffusers": diffusers.__version__, "input_BCTHW": [B, 16, T, H, W], "max_abs_diff": diff,
-            "ours_fwd_ms": round(ms_ours, 2), "diffusers_fwd_ms": round(ms_theirs, 2)}
+    out = {"diffusers": diffusers.__version__}
+    cases = [("tiny_fp32_cpu", DiTConfig.tiny(), (8, 9, 8, 8, 8), torch.device("cpu"), torch.float32)]
+    cases += [("cosmos_predict2_2b_bf16_cuda", DiTConfig.cosmos_predict2_2b(), (1, 9, 28, 28, 512), DEV,
+               torch.bfloat16)] * CUDA
+    for name, cfg, (B, T, H, W, S), dev, dtype in cases:
+        gen = torch.Generator().manual_seed(0)
+        ours = DiT(cfg).eval()
+        for m in ours.modules():  # Linear: N(0, 1/fan_in); RMSNorm gains: N(1, 1/dim)
+            if isinstance(m, (torch.nn.Linear, RMSNorm)):
+                torch.nn.init.normal_(m.weight, float(m.weight.ndim == 1), m.weight.shape[-1] ** -0.5, generator=gen)
+        theirs = tc.CosmosTransformer3DModel(  # in_channels: + the condition mask (diffusers adds the padding mask)
+            cfg.in_channels + 1, cfg.out_channels, cfg.num_heads, cfg.model_channels // cfg.num_heads,
+            cfg.num_blocks, cfg.mlp_ratio, cfg.crossattn_emb_channels, cfg.adaln_lora_dim,
+            (cfg.max_frames, cfg.max_img_h, cfg.max_img_w), (cfg.patch_temporal, cfg.patch_spatial, cfg.patch_spatial),
+            (cfg.rope_t_extrapolation_ratio, cfg.rope_h_extrapolation_ratio, cfg.rope_w_extrapolation_ratio),
+            concat_padding_mask=cfg.concat_padding_mask, extra_pos_embed_type=None).eval()
+        theirs.load_state_dict(convert_cosmos_transformer_checkpoint_to_diffusers(
+            {f"net.{k}": v for k, v in ours.state_dict().items()}), strict=True)
+        for m in (m for n, m in theirs.named_modules() if n.endswith(("norm_q", "norm_k"))):
+            m.eps = 1e-6
+        ours, theirs = ours.to(dev, dtype), theirs.to(dev, dtype)
+        x = torch.randn(B, cfg.in_channels, T, H, W, generator=gen).to(dev, dtype)
+        emb = torch.randn(B, S, cfg.crossattn_emb_channels, generator=gen).to(dev, dtype)
+        t = (torch.rand(B, T, generator=gen) * (torch.arange(T) >= 4)).to(dev)  # clean conditioning frames: t = 0
+        mask = (torch.arange(T, device=dev) < 4).to(dtype).view(1, 1, T, 1, 1).expand(B, 1, T, H, W)
+        pad = torch.zeros(1, 1, H, W, device=dev, dtype=dtype)
+        with torch.no_grad():
+            run_ours = lambda: ours(x, t, emb, mask)  # noqa: E731
+            run_theirs = lambda: theirs(x, t.view(B, 1, T, 1, 1).to(dtype), emb, condition_mask=mask,  # noqa: E731
+                                        padding_mask=pad, return_dict=False)[0]
+            a, b = run_ours().float(), run_theirs().float()
+            ms_ours, ms_theirs = (_median_s(f) * 1e3 for f in (run_ours, run_theirs))
+        out[name] = {"input_BCTHW": [B, cfg.in_channels, T, H, W], "text_tokens": S, "dtype": str(dtype),
+                     "max_abs_diff": (a - b).abs().max().item(),
+                     "rel_l2_diff": round(((a - b).norm() / b.norm()).item(), 6),
+                     "ours_fwd_ms": round(ms_ours, 2), "diffusers_fwd_ms": round(ms_theirs, 2),
+                     "diffusers_over_ours": round(ms_theirs / ms_ours, 3)}
+        del ours, theirs
+    return out
 
 
 _LOAD_CHILD = """import sys, torch, dit
@@ -255,11 +304,12 @@ SECTIONS = {"env": bench_env, "expert": bench_expert, "dit": bench_dit, "policy"
 def main(names):
     if set(names) - set(SECTIONS):
         sys.exit(f"unknown sections {sorted(set(names) - set(SECTIONS))}; choose from {list(SECTIONS)}")
-    if hasattr(os, "sched_setaffinity"):
+    if hasattr(os, "sched_setaffinity") and not CUDA:  # on a GPU, torch.compile's workers need the other cores
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     torch.set_num_threads(1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                          "numpy": np.__version__, "torch": torch.__version__, "cores_used": 1, "torch_threads": 1,
+                          "numpy": np.__version__, "torch": torch.__version__, "cores_used": cores, "torch_threads": 1,
                           "cuda": torch.cuda.get_device_name() if CUDA else None}}
     for name in names or ("env", "dit", "policy", "vae", "diffusers"):
         with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:

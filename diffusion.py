@@ -67,6 +67,7 @@ def denoise(net, x_sigma, sigma_B, x_cond, cond_B_T):
     B, C, T, H, W = x_sigma.shape
     assert x_cond.shape == x_sigma.shape and sigma_B.shape == (B,) and cond_B_T.shape == (B, T), [
         tuple(v.shape) for v in (x_sigma, x_cond, sigma_B, cond_B_T)]
+    cond_B_T = cond_B_T.to(x_sigma.device)  # masks are built on the CPU (latent_injection.condition_mask)
     cond = rearrange(cond_B_T.bool(), "b t -> b 1 t 1 1")  # (B, 1, T, 1, 1)
     c_skip, c_out, c_in, c_noise = rf_scalings(rearrange(sigma_B.to(x_sigma.device, x_sigma.dtype), "b -> b 1 1 1 1"))
     x_in = torch.where(cond, x_cond, c_in * x_sigma)  # (B, C, T, H, W)

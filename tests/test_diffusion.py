@@ -176,6 +176,14 @@ def test_sample_is_deterministic_and_batch_independent():
     assert torch.equal(a[:, :, 0], x_cond[:, :, 0])
 
 
+def test_sample_takes_a_cpu_condition_mask_for_latents_on_another_device():
+    # latent_injection.condition_mask builds masks on the CPU; plan.py passes them with CUDA latents (this crashed
+    # on the first GPU run). The meta device stands in for CUDA on a CPU-only machine: same device check, no data.
+    x_cond = torch.zeros(2, 16, 3, 4, 4, device="meta")
+    out = sample(lambda x, t, m: x, x_cond, torch.tensor([[1, 0, 0], [1, 1, 0]]), 3, noise=torch.zeros_like(x_cond))
+    assert out.device.type == "meta" and out.shape == x_cond.shape
+
+
 @pytest.mark.parametrize("num_steps", [1, 2, 5, 10])
 def test_sample_recovers_a_single_point(num_steps):
     """Data = one point x*: the exact velocity is (x_in - x*)/t, so every x0 prediction is x*."""
