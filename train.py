@@ -85,6 +85,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 3e-4
     warmup: int = 200
+    lr_final: float = 0.3  # the linear decay ends at lr_final x lr (official LambdaLinearScheduler: 0.3)
+    ema: float = 0.0  # policy stage: > 0 also keeps this per-step EMA of the DiT weights, which plan.py then uses
     weight_decay: float = 0.1  # the official AdamW applies it to every parameter
     log_every: int = 100
     ckpt_every: int = 500
@@ -96,6 +98,8 @@ class TrainConfig:
         assert self.stage in ("all", "demos", "vae", "video", "policy", "eval"), f"unknown stage {self.stage!r}"
         assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
         assert self.grad_accum >= 1, "grad_accum must be >= 1"
+        assert 0.0 <= self.lr_final <= 1.0, f"lr_final {self.lr_final} must be in [0, 1] (a fraction of lr)"
+        assert 0.0 <= self.ema < 1.0, f"ema {self.ema} must be in [0, 1): the per-step decay (0 = off)"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
         self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
         self.vae_dim_mult = tuple(self.vae_dim_mult)
@@ -226,18 +230,28 @@ def save_atomic(obj, path):
 # ----------------------------------------------------------------------------- the one training loop
 
 
-def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss, extra, device):
+def learning_rate(step, steps, lr, warmup, final):
+    """The rate of 0-based `step`: linear warm-up over `warmup` steps, then linear decay that would reach final * lr
+    one step after the last (the official LambdaLinearScheduler's first cycle, final 0.3)."""
+    decay = (1.0 - final) * max(0, step - warmup) / max(1, steps - warmup)
+    return lr * min((step + 1) / warmup, 1.0 - decay)
+
+
+def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss, extra, device, ema_decay=0.0):
     """The loop shared by all stages: batch -> loss -> backward -> clip -> AdamW step -> log -> checkpoint.
 
     Resumes from `<run_dir>/<name>.pt` if present; on SIGINT/SIGTERM saves the exact state and exits, so a rerun
     continues bit-for-bit. `extra` (configs, stats) is stored in the checkpoint for plan.py. Under torchrun the
     model is wrapped in DDP, or sharded with FSDP2 (`--fsdp=True`, per DiT block); each rank draws its own batches;
-    `batch_size` is per rank and per micro-step, so the global batch is batch_size * world * grad_accum.
+    `batch_size` is per rank and per micro-step, so the global batch is batch_size * world * grad_accum. With
+    ema_decay > 0 an exponential moving average of the weights rides along, saved as the checkpoint's "ema" (it
+    never feeds back into training).
     """
     path = os.path.join(cfg.run_dir, f"{name}.pt")
     rank, world = rank_world()
     net = model
     fsdp = world > 1 and cfg.fsdp and hasattr(model, "blocks")  # the DiT only: the small VAE stays on DDP
+    assert not (fsdp and ema_decay), "--ema needs whole weights on every rank: use DDP (--fsdp=False)"
     if fsdp:
         from torch.distributed.fsdp import fully_shard
         for block in getattr(model, "blocks", []):
@@ -248,11 +262,12 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches, sigmas and noise: saved, so resume is exact
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    step = 0
+    step, ema_sd = 0, {}
     if os.path.exists(path):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         set_state_dict(model, opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"], options=full)
         step = ck["step"]
+        ema_sd = ck.get("ema", {})
         if len(ck["rng"]) == world:
             gen.set_state(ck["rng"][rank])
         elif step < steps:
@@ -260,6 +275,8 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         print(f"[{name}] resumed from step {step}")
     if step >= steps:
         return model.eval()
+    ema = {n: ema_sd.get(n, p.detach()).to(p.device, p.dtype, copy=True)  # starts (or restarts) from the weights
+           for n, p in model.named_parameters()} if ema_decay else {}
 
     def save(s):
         model_sd, opt_sd = get_state_dict(model, opt, options=full)  # collective under FSDP: every rank calls it
@@ -267,8 +284,9 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         if world > 1:
             dist.all_gather_object(rngs, gen.get_state())
         if rank == 0:
+            averaged = {"ema": {**model_sd, **{n: e.cpu() for n, e in ema.items()}}} if ema else {}  # + buffers
             save_atomic({"model": model_sd, "optimizer": opt_sd, "rng": rngs, "step": s, "done": s >= steps,
-                         "train_config": asdict(cfg), **extra}, path)
+                         "train_config": asdict(cfg), **averaged, **extra}, path)
 
     stop = torch.zeros(1)
     handlers = {s: signal.signal(s, lambda *_: stop.fill_(1)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -278,8 +296,7 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     t0, seen, log = time.perf_counter(), 0, {}
     bar = tqdm(range(step, steps), initial=step, total=steps, desc=name, disable=rank > 0)
     for step in bar:
-        # linear warm-up, then linear decay to 0.3x (the official LambdaLinearScheduler's first cycle)
-        rate = lr * min((step + 1) / warmup, 1.0 - 0.7 * max(0, step - warmup) / max(1, steps - warmup))
+        rate = learning_rate(step, steps, lr, warmup, cfg.lr_final)
         for group in opt.param_groups:
             group["lr"] = rate
         opt.zero_grad(set_to_none=True)
@@ -294,6 +311,9 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
                 (loss / cfg.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        with torch.no_grad():
+            for n, p in model.named_parameters() if ema else ():
+                ema[n].lerp_(p, 1.0 - ema_decay)
         seen += batch_size * cfg.grad_accum * world
         for k, v in {"loss": loss.detach(), **parts}.items():
             log[k] = log.get(k, 0.0) + float(v) / cfg.log_every
@@ -484,7 +504,7 @@ def stage_policy(cfg, vae, demos, emb, device):
              "value_sprime": cfg.value_sprime}
     name = "policy" if not cfg.rollouts else "planner"
     return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch,
-                      diffusion_loss(emb, slots), extra, device)
+                      diffusion_loss(emb, slots), extra, device, ema_decay=cfg.ema)
 
 
 def cli_overrides(argv, cls, extra=()):

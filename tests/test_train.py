@@ -37,6 +37,17 @@ def test_parse_args_rejects_unknown_and_malformed_options():
         train.parse_args(["--task=push_x"])
 
 
+def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
+    rates = [train.learning_rate(s, 1000, 2.0, 100, 0.3) for s in range(1000)]
+    assert rates[0] == pytest.approx(0.02) and rates[99] == pytest.approx(2.0)  # (s + 1) / warmup
+    assert all(a >= b for a, b in zip(rates[99:], rates[100:]))
+    assert rates[550] == pytest.approx(2.0 * (1 - 0.7 * 0.5))  # halfway down
+    assert train.learning_rate(1000, 1000, 2.0, 100, 0.3) == pytest.approx(0.6)  # final x lr, one step on
+    assert train.learning_rate(999, 1000, 2.0, 100, 0.0) == pytest.approx(2.0 / 900)  # --lr_final=0: anneal to 0
+    with pytest.raises(AssertionError, match="lr_final"):
+        train.parse_args(["--lr_final=1.5"])
+
+
 def test_episode_index_pads_chunks_and_labels_values():
     data = {"episode_len": [4, 3], "success": [True, False]}  # rows 0-3 and 4-6; rows 3 and 6 are final frames
     rows, fut, chunk_rows, to_go, success = train.episode_index(data, chunk=2)
@@ -103,7 +114,7 @@ def train_fresh_dit(policy):
 def test_killed_run_resumes_with_the_same_state(smoke_run, tmp_path):
     src, _ = smoke_run
     cmd = [sys.executable, "train.py", "--preset=smoke", "--stage=policy", "--policy_steps=400", "--ckpt_every=10",
-           "--log_every=1000"]
+           "--log_every=1000", "--ema=0.999"]  # slow enough that a restarted average would show
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = tmp_path / name
@@ -128,8 +139,9 @@ def test_killed_run_resumes_with_the_same_state(smoke_run, tmp_path):
     a, b = (torch.load(runs[n] / "policy.pt", weights_only=True) for n in ("straight", "killed"))
     assert a["step"] == b["step"] == 400
     for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["ema"][k], b["ema"][k]), k
     assert all(torch.equal(x, y) for x, y in zip(a["rng"], b["rng"]))
+    assert not torch.equal(a["ema"]["final_layer.linear.weight"], a["model"]["final_layer.linear.weight"])
 
 
 def test_demo_file_holds_the_expert_successes(smoke_run):
