@@ -86,7 +86,7 @@ class TrainConfig:
     lr: float = 3e-4
     warmup: int = 200
     lr_final: float = 0.3  # the linear decay ends at lr_final x lr (official LambdaLinearScheduler: 0.3)
-    ema: float = 0.0  # policy stage: > 0 also keeps this per-step EMA of the DiT weights, which plan.py then uses
+    ema: float = 0.0  # policy: > 0 keeps this per-step EMA of the weights for plan.py (0.999: no gain, README)
     weight_decay: float = 0.1  # the official AdamW applies it to every parameter
     log_every: int = 100
     ckpt_every: int = 500
