@@ -19,7 +19,8 @@ Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, me
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
 plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
-env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies).
+env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
+open_loop(policy, demos, n) -> {policy_l1, standing_still_l1}: imitation error on demo states, no simulator.
 
 Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
 nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
@@ -34,6 +35,7 @@ both camera images upside down (np.flipud), then JPEG-encode and decode them at 
 JPEGs); proprio = [gripper qpos (2), eef pos (3), eef quat (4)]; the 16 actions go to env.step as they are.
 
 CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_of=8 --planning_ckpt=...]
+     python plan.py --ckpt=... --open_loop=runs/cpu_push_block/demos.npz --episodes=200 --seed=0   (prints JSON)
      python plan.py --libero=DIR --instruction="put the bowl on the plate" --primary=a.png --wrist=b.png
                     --proprio="[9 floats]" [--best_of=8 --seed=195 --out=DIR]   (prints JSON, writes future PNGs)
 """
@@ -86,6 +88,7 @@ class PlanConfig:
     wrist: str = ""  # --libero: eye-in-hand image file
     proprio: tuple = ()  # --libero: 9 numbers
     out: str = ""  # --libero: folder for the predicted future images (PNG)
+    open_loop: str = ""  # a demo .npz: imitation error on `episodes` of its states instead of an evaluation
 
     def __post_init__(self):
         self.wm_steps, self.value_steps = tuple(self.wm_steps), tuple(self.value_steps)
@@ -240,6 +243,25 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     if cfg.collect_rollouts:
         sim_env.save_episodes(cfg.collect_rollouts, rollouts, p.task, p.image_size)
     return summary
+
+
+@torch.no_grad()
+def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50):
+    """Imitation without the simulator: mean L1 (table units) between the policy's first `action_steps` targets and
+    the demo's on `n` random demo states, against standing still (every target at the pusher). A policy that does not
+    beat standing still on its own training states cannot succeed in closed loop (push_t, README)."""
+    k, lens = action_steps, data["episode_len"]
+    first = np.cumsum(lens) - lens
+    ok = np.concatenate([f + np.arange(m - k) for f, m in zip(first, lens) if m > k])  # k real actions ahead
+    assert len(ok), f"no demo state has {k} actions ahead in its episode"
+    rows = np.random.default_rng(seed).choice(ok, min(n, len(ok)), replace=False)
+    targets = data["action"][rows[:, None] + np.arange(k)]  # (n, k, A)
+    here = data["proprio"][rows, None, :targets.shape[-1]]  # (n, 1, A)
+    pred = np.concatenate([act(p, {c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")},
+                               num_steps, seed=seed)[0][:, :k].float().cpu().numpy()
+                           for i in range(0, len(rows), batch)])  # (n, k, A)
+    return {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
+            "standing_still_l1": float(np.abs(here - targets).mean())}
 
 
 def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
@@ -484,6 +506,10 @@ if __name__ == "__main__":
         assert c.instruction and c.primary and c.wrist and len(c.proprio) == 9, \
             "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"
         libero_main(c)
+    elif c.open_loop:
+        pol = load_policy(c.ckpt, "cuda" if torch.cuda.is_available() else "cpu")
+        demos = sim_env.load_demos(c.open_loop, task=pol.task, image_size=pol.image_size)
+        print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch)))
     else:
         assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
         evaluate(**dataclasses.asdict(c))

@@ -116,6 +116,7 @@ class TrainConfig:
         # policy is optimisation-bound here (success grows with steps): batch 8 runs as many samples per second as 16
         # and twice the steps (17% vs 9% for 1600 x 16, README; batch 4 loses samples/s). 40 demos fit the 15-minute
         # budget; more help most (6400 steps: 42.5% with 160 vs 24.5% with 40; 12800 steps on 40: 21.0%, README).
+        # push_t's thin T needs more: with --vae_batch=8 --vae_steps=4000 its VAE keeps the colours and the angle.
         return cls(n_demos=40, n_play=40, n_clips=600, image_size=32, vae_dim_mult=(1, 2, 4), width=128, blocks=4,
                    heads=4, vae_steps=800, vae_batch=4, video_steps=600, policy_steps=3200, batch_size=8, lr=7e-4,
                    warmup=100, eval_episodes=100)

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -96,3 +97,24 @@ def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_ru
     assert out.returncode == 0, out.stderr[-2000:]
     planner = plan.load_policy(run / "planner.pt")
     assert planner.value_sprime and not plan.load_policy(run / "policy.pt").value_sprime
+
+
+def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy, smoke_run, monkeypatch):
+    lens = np.array([12, 5, 20])  # the 5-row episode has no state with 8 real actions ahead
+    ep = np.repeat(np.arange(3), lens)
+    r = np.arange(lens.sum())
+    data = {"episode_len": lens, "primary": np.zeros((len(r), 8, 8, 3), np.uint8), "wrist": np.zeros((len(r), 8, 8, 3),
+            np.uint8), "proprio": np.stack([r, ep, 0 * r, 0 * r], 1).astype(np.float32),
+            "action": np.stack([r + 1, ep], 1).astype(np.float32)}
+    data["action"][np.cumsum(lens) - 1] = 1000  # each episode's final row repeats an action: never a target
+    # A policy that knows the answer: target j of the state at row r is r + 1 + j, in the state's own episode.
+    oracle = lambda p, obs, num_steps, seed: (torch.from_numpy(  # noqa: E731
+        obs["proprio"][:, None, :2] + np.stack([1 + np.arange(16), 0 * np.arange(16)], 1)), None, None)
+    monkeypatch.setattr(plan, "act", oracle)
+    out = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7)
+    assert out["states"] == (12 - 8) + (20 - 8) and out["policy_l1"] == 0.0
+    assert out["standing_still_l1"] == pytest.approx(np.mean(1 + np.arange(8)) / 2)  # x off by 1..8, y exact
+    monkeypatch.undo()
+    demos = sim_env.load_demos(smoke_run[0] / "demos.npz")
+    real = plan.open_loop(policy, demos, n=3, action_steps=2, num_steps=1)
+    assert real["states"] == 3 and np.isfinite(real["policy_l1"]) and real["standing_still_l1"] > 0
