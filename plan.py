@@ -507,7 +507,8 @@ if __name__ == "__main__":
             "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"
         libero_main(c)
     elif c.open_loop:
-        pol = load_policy(c.ckpt, "cuda" if torch.cuda.is_available() else "cpu")
+        assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt --open_loop=runs/<run>/demos.npz"
+        pol = load_policy(c.ckpt, ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device)
         demos = sim_env.load_demos(c.open_loop, task=pol.task, image_size=pol.image_size)
         print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch)))
     else:
