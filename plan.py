@@ -124,6 +124,11 @@ def load_policy(path, device="cpu"):
                   relative_actions=ck.get("relative_actions", False), value_sprime=ck.get("value_sprime", False))
 
 
+def device_of(cfg):
+    """PlanConfig.device as a torch.device: "auto" is the GPU when there is one."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+
+
 def network(p):
     """The DiT as the callable diffusion.sample expects, with the task embedding bound."""
     assert p.task_emb is not None, "no instruction chosen: use for_instruction(policy, text) first"
@@ -221,7 +226,7 @@ def wilson(k, n, z=1.96):
 def evaluate(ckpt, episodes=200, device="auto", **overrides):
     """Roll out `episodes` seeded episodes, environments stepped together and queries batched. Prints one line."""
     cfg = PlanConfig(ckpt=ckpt, episodes=episodes, device=str(device), **overrides)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    dev = device_of(cfg)
     p = load_policy(cfg.ckpt, dev)
     planner = load_policy(cfg.planning_ckpt, dev) if cfg.planning_ckpt else p
     record = bool(cfg.gifs or cfg.collect_rollouts)
@@ -487,7 +492,7 @@ def libero_act(p, primary, wrist, proprio, instruction, cfg=None, seed=0, planne
 
 def libero_main(cfg):
     """--libero: one query from image files; prints JSON and writes the predicted future images."""
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    dev = device_of(cfg)
     p = load_libero(**libero_files(cfg.libero), device=dev)
     images = [np.asarray(Image.open(f).convert("RGB")) for f in (cfg.primary, cfg.wrist)]
     res = libero_act(p, *images, cfg.proprio, cfg.instruction, cfg, seed=cfg.seed)
@@ -508,7 +513,7 @@ if __name__ == "__main__":
         libero_main(c)
     elif c.open_loop:
         assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt --open_loop=runs/<run>/demos.npz"
-        pol = load_policy(c.ckpt, ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device)
+        pol = load_policy(c.ckpt, device_of(c))
         demos = sim_env.load_demos(c.open_loop, task=pol.task, image_size=pol.image_size)
         print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch)))
     else:

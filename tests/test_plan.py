@@ -103,9 +103,10 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
     lens = np.array([12, 5, 20])  # the 5-row episode has no state with 8 real actions ahead
     ep = np.repeat(np.arange(3), lens)
     r = np.arange(lens.sum())
-    data = {"episode_len": lens, "primary": np.zeros((len(r), 8, 8, 3), np.uint8), "wrist": np.zeros((len(r), 8, 8, 3),
-            np.uint8), "proprio": np.stack([r, ep, 0 * r, 0 * r], 1).astype(np.float32),
-            "action": np.stack([r + 1, ep], 1).astype(np.float32)}
+    image = np.zeros((len(r), 8, 8, 3), np.uint8)
+    data = {"episode_len": lens, "primary": image, "wrist": image,
+            "proprio": np.stack([r, ep, 0 * r, 0 * r], 1).astype(np.float32),  # (R, P): row and episode index
+            "action": np.stack([r + 1, ep], 1).astype(np.float32)}  # (R, A)
     data["action"][np.cumsum(lens) - 1] = 1000  # each episode's final row repeats an action: never a target
     # A policy that knows the answer: target j of the state at row r is r + 1 + j, in the state's own episode.
     oracle = lambda p, obs, num_steps, seed: (torch.from_numpy(  # noqa: E731
