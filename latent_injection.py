@@ -23,7 +23,7 @@ Public functions:
     inject_vectors(latent, layout, proprio (B,P), action (B,K,A), future_proprio (B,P), value (B,)) -> new latent
     read_action -> (B, K, A);  read_future_proprio -> (B, P);  read_value -> (B,) in [0, 1]
     value_target(steps_to_end, gamma, success) -> float tensor in [-1, 1]
-    minmax_stats(x (N, D)) -> (lo (D,), hi (D,));  normalize / unnormalize(x (..., D), lo, hi)
+    minmax_stats(x (N, D), q=0) -> (lo (D,), hi (D,));  normalize / unnormalize(x (..., D), lo, hi)
     undo_injection(latent_pred, latent_orig, layout) -> latent
     condition_frames(layout, kind) -> (T,) bool;  condition_mask(layout, kinds) -> (B, T) bool
 """
@@ -229,10 +229,18 @@ def value_target(steps_to_end, gamma, success):
     return torch.where(won, 2.0 * gamma ** k - 1.0, torch.full_like(k, -1.0)).float()
 
 
-def minmax_stats(x_N_D):
+def minmax_stats(x_N_D, q=0.0):
+    """Per-dimension (lo, hi) over rows, (D,) each: min and max (official), or with q > 0 the q and 1-q quantiles,
+    so that a few outliers do not squeeze the common values into a sliver of [-1, 1] (the outliers then normalise
+    beyond +-1; train.py clips them)."""
     x = torch.as_tensor(x_N_D)
     assert x.ndim == 2, f"stats are per dimension over rows: want (N, D), got {tuple(x.shape)}"
-    return x.amin(dim=0), x.amax(dim=0)  # (D,), (D,)
+    assert 0.0 <= q < 0.5, f"quantile {q} must be in [0, 0.5)"
+    if q == 0:
+        return x.amin(dim=0), x.amax(dim=0)
+    qs = torch.tensor([q, 1.0 - q], dtype=torch.float64)
+    lo, hi = torch.quantile(x.double(), qs, dim=0).to(x.dtype)  # (2, D) -> (D,), (D,)
+    return lo, hi
 
 
 def normalize(x, lo, hi):

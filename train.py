@@ -53,6 +53,7 @@ class TrainConfig:
     init: str = "video"  # policy init: video (our pretraining) | scratch | path to a DiT checkpoint (official .pt too)
     rollouts: tuple = ()  # rollout .npz files (plan.py --collect_rollouts), comma-separated: trains a planner
     relative_actions: bool = True  # chunks as offsets from the pusher's position at the chunk's start (action_chunks)
+    action_quantile: float = 0.0  # action range: min/max of the demos (0, official) or their q..1-q quantiles, clipped
     action_loss_multiplier: int = 1  # official option: weight of the action frame in the loss (paper configs: 1)
     demo_prob: float = 0.5  # share of policy samples; the rest are rollouts, half world-model, half value (paper)
     value_sprime: bool = False  # value samples see s' only, loss on the value frame (official ALOHA planning model)
@@ -456,9 +457,10 @@ def stage_policy(cfg, vae, demos, emb, device):
                                       lambda: encode_pseudo_videos(vae, layout, data, rows, fut, device)))
         proprio, chunks = torch.from_numpy(data["proprio"]), action_chunks(data, rows, chunk_rows, cfg.relative_actions)
         if i == 0:  # the demos set the action range; rollouts are normalised with it
-            lo_a, hi_a = li.minmax_stats(chunks.flatten(0, 1))  # over (N*K, A)
+            lo_a, hi_a = li.minmax_stats(chunks.flatten(0, 1), q=cfg.action_quantile)  # over (N*K, A)
+        action = li.normalize(chunks, lo_a, hi_a)  # (N, K, A)
         table["proprio"].append(li.normalize(proprio[rows], lo_p, hi_p))  # (N, P)
-        table["action"].append(li.normalize(chunks, lo_a, hi_a))  # (N, K, A)
+        table["action"].append(action.clamp(-1, 1) if cfg.action_quantile > 0 else action)
         table["future_proprio"].append(li.normalize(proprio[fut], lo_p, hi_p))
         table["value"].append(li.value_target(to_go, layout.gamma, success).float())  # V(s'), in [-1, 1]
         table["success"].append(success)

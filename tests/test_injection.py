@@ -103,6 +103,21 @@ def test_normalization_round_trip_and_constant_dimension():
     assert torch.allclose(normalize(unnormalize(y, lo, hi), lo, hi)[:, :3], y[:, :3], atol=1e-12, rtol=0)
 
 
+def test_quantile_stats_ignore_outliers_that_min_max_follows():
+    x = torch.randn(10_000, 2, generator=_gen(1), dtype=torch.float64)
+    x[:5] = torch.tensor([80.0, -60.0]).double()  # a few long jumps, as the push_t expert's waypoints
+    (lo, hi), (qlo, qhi) = minmax_stats(x), minmax_stats(x, q=0.01)
+    assert hi[0] == 80.0 and lo[1] == -60.0
+    assert torch.allclose(qhi, torch.tensor([2.33, 2.33]).double(), atol=0.15)  # N(0, 1)'s 99th percentile
+    assert torch.allclose(qlo, -qhi, atol=0.2)
+    inside = normalize(x, qlo, qhi).abs() <= 1
+    assert 0.975 < inside.double().mean() < 0.985  # 1% beyond each end
+    spread, squeezed = normalize(x, qlo, qhi)[5:].std(0), normalize(x, lo, hi)[5:].std(0)  # the common values
+    assert (spread > 10 * squeezed).all(), (spread, squeezed)
+    with pytest.raises(AssertionError, match="quantile"):
+        minmax_stats(x, q=0.5)
+
+
 @pytest.mark.parametrize("layout, frames", [(Layout.libero(), 33), (Layout.aloha(), 41), (Layout.robocasa(), 41)])
 def test_raw_frames_layout(layout, frames):
     g = _gen(1)
