@@ -20,7 +20,8 @@ load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T
 plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
 env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
-open_loop(policy, demos, n) -> {policy_l1, standing_still_l1}: imitation error on demo states, no simulator.
+open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1]}:
+    imitation error on demo states, no simulator.
 
 Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
 nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
@@ -35,7 +36,7 @@ both camera images upside down (np.flipud), then JPEG-encode and decode them at 
 JPEGs); proprio = [gripper qpos (2), eef pos (3), eef quat (4)]; the 16 actions go to env.step as they are.
 
 CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_of=8 --planning_ckpt=...]
-     python plan.py --ckpt=... --open_loop=runs/cpu_push_block/demos.npz --episodes=200 --seed=0   (prints JSON)
+     python plan.py --ckpt=... --open_loop=runs/cpu_push_block/demos.npz --episodes=200 --seed=0 [--samples=8]   (JSON)
      python plan.py --libero=DIR --instruction="put the bowl on the plate" --primary=a.png --wrist=b.png
                     --proprio="[9 floats]" [--best_of=8 --seed=195 --out=DIR]   (prints JSON, writes future PNGs)
 """
@@ -89,11 +90,12 @@ class PlanConfig:
     proprio: tuple = ()  # --libero: 9 numbers
     out: str = ""  # --libero: folder for the predicted future images (PNG)
     open_loop: str = ""  # a demo .npz: imitation error on `episodes` of its states instead of an evaluation
+    samples: int = 1  # --open_loop: noise seeds per state; > 1 splits the error into the mean's and the spread
 
     def __post_init__(self):
         self.wm_steps, self.value_steps = tuple(self.wm_steps), tuple(self.value_steps)
         self.proprio, self.instruction = tuple(float(v) for v in self.proprio), str(self.instruction)
-        assert self.best_of >= 1 and self.action_steps >= 1 and self.num_steps >= 1
+        assert self.best_of >= 1 and self.action_steps >= 1 and self.num_steps >= 1 and self.samples >= 1
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
 
 
@@ -251,10 +253,12 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
 
 
 @torch.no_grad()
-def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50):
+def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, samples=1):
     """Imitation without the simulator: mean L1 (table units) between the policy's first `action_steps` targets and
     the demo's on `n` random demo states, against standing still (every target at the pusher). A policy that does not
-    beat standing still on its own training states cannot succeed in closed loop (push_t, README)."""
+    beat standing still on its own training states cannot succeed in closed loop (push_t, README). With samples > 1
+    (noise seeds seed, seed + 1, ...) it also splits the error: the L1 of the samples' mean, and the samples' mean L1
+    to it (their spread); an error well above the spread is a wrong mean, not sampling noise."""
     k, lens = action_steps, data["episode_len"]
     first = np.cumsum(lens) - lens
     ok = np.concatenate([f + np.arange(m - k) for f, m in zip(first, lens) if m > k])  # k real actions ahead
@@ -262,11 +266,16 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50):
     rows = np.random.default_rng(seed).choice(ok, min(n, len(ok)), replace=False)
     targets = data["action"][rows[:, None] + np.arange(k)]  # (n, k, A)
     here = data["proprio"][rows, None, :targets.shape[-1]]  # (n, 1, A)
-    pred = np.concatenate([act(p, {c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")},
-                               num_steps, seed=seed)[0][:, :k].float().cpu().numpy()
-                           for i in range(0, len(rows), batch)])  # (n, k, A)
-    return {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
-            "standing_still_l1": float(np.abs(here - targets).mean())}
+    obs = [{c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")} for i in range(0, len(rows), batch)]
+    pred = np.stack([np.concatenate([act(p, o, num_steps, seed=seed + s)[0][:, :k].float().cpu().numpy() for o in obs])
+                     for s in range(samples)])  # (samples, n, k, A)
+    out = {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
+           "standing_still_l1": float(np.abs(here - targets).mean())}
+    if samples > 1:
+        mean = pred.mean(0)  # (n, k, A)
+        out.update(samples=samples, mean_of_samples_l1=float(np.abs(mean - targets).mean()),
+                   sample_spread_l1=float(np.abs(pred - mean).mean()))
+    return out
 
 
 def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
@@ -515,7 +524,7 @@ if __name__ == "__main__":
         assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt --open_loop=runs/<run>/demos.npz"
         pol = load_policy(c.ckpt, device_of(c))
         demos = sim_env.load_demos(c.open_loop, task=pol.task, image_size=pol.image_size)
-        print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch)))
+        print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch, c.samples)))
     else:
         assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
         evaluate(**dataclasses.asdict(c))

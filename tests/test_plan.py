@@ -115,6 +115,13 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
     out = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7)
     assert out["states"] == (12 - 8) + (20 - 8) and out["policy_l1"] == 0.0
     assert out["standing_still_l1"] == pytest.approx(np.mean(1 + np.arange(8)) / 2)  # x off by 1..8, y exact
+    # Unbiased but noisy: seed s moves every x target by +0.3 or -0.3, so the error is all spread.
+    noisy = lambda p, obs, num_steps, seed: (oracle(p, obs, num_steps, seed)[0]  # noqa: E731
+                                             + torch.tensor([0.3 * (-1) ** seed, 0.0]), None, None)
+    monkeypatch.setattr(plan, "act", noisy)
+    split = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7, samples=4)
+    assert split["samples"] == 4 and split["mean_of_samples_l1"] == pytest.approx(0.0, abs=1e-6)
+    assert split["policy_l1"] == pytest.approx(0.15, abs=1e-5) == split["sample_spread_l1"]
     monkeypatch.undo()
     demos = sim_env.load_demos(smoke_run[0] / "demos.npz")
     real = plan.open_loop(policy, demos, n=3, action_steps=2, num_steps=1)
