@@ -16,6 +16,8 @@ planner trained with --value_sprime); the M*V values are aggregated by "majority
 candidate 0 only if strictly better.
 
 Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score);
+evaluate_checkpoints(paths, last=5, ...) -> {"runs": [dict per path], "best": path, "mean_last": dict}: the same seeds
+    for every checkpoint, reported as Diffusion Policy does (best checkpoint, mean of the last k);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
 plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
@@ -36,6 +38,7 @@ both camera images upside down (np.flipud), then JPEG-encode and decode them at 
 JPEGs); proprio = [gripper qpos (2), eef pos (3), eef quat (4)]; the 16 actions go to env.step as they are.
 
 CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_of=8 --planning_ckpt=...]
+     python plan.py --ckpt="runs/<run>/policy_step*.pt" --episodes=200 [--last=5]   (train.py --keep_every=N)
      python plan.py --ckpt=... --open_loop=runs/cpu_push_block/demos.npz --episodes=200 --seed=0 [--samples=8]   (JSON)
      python plan.py --libero=DIR --instruction="put the bowl on the plate" --primary=a.png --wrist=b.png
                     --proprio="[9 floats]" [--best_of=8 --seed=195 --out=DIR]   (prints JSON, writes future PNGs)
@@ -43,11 +46,13 @@ CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_
 import collections
 import dataclasses
 import difflib
+import glob
 import io
 import json
 import math
 import os
 import pickle
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -91,6 +96,7 @@ class PlanConfig:
     out: str = ""  # --libero: folder for the predicted future images (PNG)
     open_loop: str = ""  # a demo .npz: imitation error on `episodes` of its states instead of an evaluation
     samples: int = 1  # --open_loop: noise seeds per state; > 1 splits the error into the mean's and the spread
+    last: int = 5  # several checkpoints (--ckpt=a.pt,b.pt or a glob): also report the mean of the last `last`
 
     def __post_init__(self):
         self.wm_steps, self.value_steps = tuple(self.wm_steps), tuple(self.value_steps)
@@ -250,6 +256,36 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     if cfg.collect_rollouts:
         sim_env.save_episodes(cfg.collect_rollouts, rollouts, p.task, p.image_size)
     return summary
+
+
+def checkpoint_paths(spec):
+    """--ckpt as a list: comma-separated paths and globs (runs/r/policy_step*.pt), each glob in training-step order."""
+    def step(path):
+        m = re.search(r"_step(\d+)\.pt$", path)
+        return int(m.group(1)) if m else math.inf
+    paths = [p for part in spec.split(",") for p in (sorted(glob.glob(part), key=step) if glob.has_magic(part)
+                                                      else [part])]
+    assert paths, f"no checkpoint matches {spec!r}"
+    missing = [p for p in paths if not os.path.exists(p)]
+    assert not missing, f"checkpoint(s) not found: {missing}"
+    return paths
+
+
+def evaluate_checkpoints(paths, last=5, **kwargs):
+    """Each checkpoint on the same seeds, then Diffusion Policy's two numbers: the best checkpoint (optimistic: it is
+    picked on the very seeds it is scored on; pick on other seeds, e.g. --seed=300000, then score the pick) and the
+    mean of the last `last` checkpoints. Prints a table; returns {"runs": [summary per path], "best", "mean_last"}."""
+    runs = [dict(evaluate(p, **kwargs), ckpt=p) for p in paths]
+    print(f"{'checkpoint':<48} {'success (95% CI)':>22} {'coverage':>9}")
+    for r in runs:
+        print(f"{r['ckpt']:<48} {r['success_rate']:>7.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}) "
+              f"{r['mean_max_coverage']:>9.3f}")
+    best = max(runs, key=lambda r: (r["success_rate"], r["mean_max_coverage"]))
+    tail = runs[-last:]
+    mean_last = {k: float(np.mean([r[k] for r in tail])) for k in ("success_rate", "mean_max_coverage")}
+    print(f"best: {best['ckpt']} {best['success_rate']:.3f}; mean of the last {len(tail)}: success "
+          f"{mean_last['success_rate']:.3f}, coverage {mean_last['mean_max_coverage']:.3f}")
+    return {"runs": runs, "best": best["ckpt"], "mean_last": mean_last}
 
 
 @torch.no_grad()
@@ -527,4 +563,8 @@ if __name__ == "__main__":
         print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch, c.samples)))
     else:
         assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
-        evaluate(**dataclasses.asdict(c))
+        ckpts = checkpoint_paths(c.ckpt)
+        if len(ckpts) > 1:
+            evaluate_checkpoints(ckpts, **{k: v for k, v in dataclasses.asdict(c).items() if k != "ckpt"})
+        else:
+            evaluate(**dataclasses.asdict(c))

@@ -91,6 +91,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # the official AdamW applies it to every parameter
     log_every: int = 100
     ckpt_every: int = 500
+    keep_every: int = 0  # > 0: also keep <stage>_step<N>.pt (weights only) every N steps, for plan.py to compare
     eval_episodes: int = 200
     eval_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
 
@@ -247,7 +248,8 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     model is wrapped in DDP, or sharded with FSDP2 (`--fsdp=True`, per DiT block); each rank draws its own batches;
     `batch_size` is per rank and per micro-step, so the global batch is batch_size * world * grad_accum. With
     ema_decay > 0 an exponential moving average of the weights rides along, saved as the checkpoint's "ema" (it
-    never feeds back into training).
+    never feeds back into training). With cfg.keep_every = N the weights of every N-th step also stay, as
+    `<name>_step<N>.pt`, for plan.py to compare checkpoints (Diffusion Policy reports the best and the last k's mean).
     """
     path = os.path.join(cfg.run_dir, f"{name}.pt")
     rank, world = rank_world()
@@ -287,8 +289,11 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
             dist.all_gather_object(rngs, gen.get_state())
         if rank == 0:
             averaged = {"ema": {**model_sd, **{n: e.cpu() for n, e in ema.items()}}} if ema else {}  # + buffers
-            save_atomic({"model": model_sd, "optimizer": opt_sd, "rng": rngs, "step": s, "done": s >= steps,
-                         "train_config": asdict(cfg), **averaged, **extra}, path)
+            weights = {"model": model_sd, "step": s, "done": s >= steps, "train_config": asdict(cfg), **averaged,
+                       **extra}
+            save_atomic({**weights, "optimizer": opt_sd, "rng": rngs}, path)
+            if cfg.keep_every and s % cfg.keep_every == 0:
+                save_atomic(weights, path.removesuffix(".pt") + f"_step{s}.pt")
 
     stop = torch.zeros(1)
     handlers = {s: signal.signal(s, lambda *_: stop.fill_(1)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -325,7 +330,8 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
             t0, seen, log = time.perf_counter(), 0, {}
         if world > 1:
             dist.all_reduce(stop)  # a signal seen by one rank stops all of them at the same step
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or stop.item():
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or stop.item() or \
+                (cfg.keep_every and (step + 1) % cfg.keep_every == 0):
             save(step + 1)
         if stop.item():
             bar.close()

@@ -126,3 +126,34 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
     demos = sim_env.load_demos(smoke_run[0] / "demos.npz")
     real = plan.open_loop(policy, demos, n=3, action_steps=2, num_steps=1)
     assert real["states"] == 3 and np.isfinite(real["policy_l1"]) and real["standing_still_l1"] > 0
+
+
+def test_kept_checkpoints_are_compared_in_step_order(smoke_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy.pt"))
+    out = subprocess.run([sys.executable, "train.py", "--preset=smoke", "--stage=policy", f"--run_dir={run}",
+                          "--policy_steps=10", "--keep_every=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    paths = plan.checkpoint_paths(str(run / "policy_step*.pt"))
+    assert [p.rsplit("_step", 1)[1] for p in paths] == ["2.pt", "4.pt", "6.pt", "8.pt", "10.pt"]  # not "10" < "2"
+    kept, final = (torch.load(p, weights_only=True) for p in (paths[-1], run / "policy.pt"))
+    assert "optimizer" not in kept and kept["step"] == final["step"] == 10
+    assert all(torch.equal(kept["model"][k], v) for k, v in final["model"].items())
+    assert not torch.equal(torch.load(paths[0], weights_only=True)["model"]["final_layer.linear.weight"],
+                           final["model"]["final_layer.linear.weight"])
+
+    scores = dict(zip(paths, [(0.2, 0.5), (0.6, 0.3), (0.6, 0.4), (0.1, 0.2), (0.3, 0.6)]))  # (success, coverage)
+    monkeypatch.setattr(plan, "evaluate", lambda ckpt, **kw: {"success_rate": scores[ckpt][0], "ci95": [0.0, 1.0],
+                                                              "mean_max_coverage": scores[ckpt][1]})
+    res = plan.evaluate_checkpoints(paths, last=3, episodes=2)
+    assert res["best"] == paths[2]  # ties on success are broken by coverage
+    assert res["mean_last"] == {"success_rate": pytest.approx(1 / 3), "mean_max_coverage": pytest.approx(0.4)}
+    monkeypatch.undo()
+
+    cli = subprocess.run([sys.executable, "plan.py", f"--ckpt={paths[0]},{run / 'policy_step1*.pt'}", "--episodes=1",
+                          "--num_steps=1", "--last=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert cli.stdout.count("eval push_block: success") == 2 and "mean of the last 1" in cli.stdout
+    missing = subprocess.run([sys.executable, "plan.py", f"--ckpt={run / 'nothing_step*.pt'}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "no checkpoint matches" in missing.stderr
