@@ -263,12 +263,10 @@ def checkpoint_paths(spec):
     def step(path):
         m = re.search(r"_step(\d+)\.pt$", path)
         return int(m.group(1)) if m else math.inf
-    paths = [p for part in spec.split(",") for p in (sorted(glob.glob(part), key=step) if glob.has_magic(part)
-                                                      else [part])]
-    assert paths, f"no checkpoint matches {spec!r}"
-    missing = [p for p in paths if not os.path.exists(p)]
-    assert not missing, f"checkpoint(s) not found: {missing}"
-    return paths
+    matches = {part: sorted(glob.glob(part), key=step) for part in spec.split(",")}  # a plain path matches itself
+    empty = [part for part, found in matches.items() if not found]
+    assert not empty, f"no checkpoint matches {empty}"
+    return [p for found in matches.values() for p in found]
 
 
 def evaluate_checkpoints(paths, last=5, **kwargs):
