@@ -124,8 +124,7 @@ def load_policy(path, device="cpu"):
     assert "dit_config" in ck and "vae" in ck, f"{path} is not a policy checkpoint written by train.py"
     lay = ck["layout"]
     layout = li.Layout(**{**lay, "slots": tuple(li.Slot(**s) for s in lay["slots"])})
-    weights = ck.get("ema", ck["model"])  # the moving average, when train.py --ema kept one
-    return Policy(dit=load_dit(weights, DiTConfig(**ck["dit_config"]), device=device),
+    return Policy(dit=load_dit(ck["model"], DiTConfig(**ck["dit_config"]), device=device),
                   vae=load_vae(ck["vae"], VAEConfig(**ck["vae_config"]), device=device), layout=layout,
                   stats={k: (lo.to(device), hi.to(device)) for k, (lo, hi) in ck["stats"].items()},
                   task_emb=ck["task_emb"].to(device), task=ck["task"], image_size=ck["image_size"],

@@ -87,7 +87,6 @@ class TrainConfig:
     lr: float = 3e-4
     warmup: int = 200
     lr_final: float = 0.3  # the linear decay ends at lr_final x lr (official LambdaLinearScheduler: 0.3)
-    ema: float = 0.0  # policy: > 0 keeps this per-step EMA of the weights for plan.py (0.999: no gain, README)
     weight_decay: float = 0.1  # the official AdamW applies it to every parameter
     log_every: int = 100
     ckpt_every: int = 500
@@ -101,7 +100,6 @@ class TrainConfig:
         assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
         assert self.grad_accum >= 1, "grad_accum must be >= 1"
         assert 0.0 <= self.lr_final <= 1.0, f"lr_final {self.lr_final} must be in [0, 1] (a fraction of lr)"
-        assert 0.0 <= self.ema < 1.0, f"ema {self.ema} must be in [0, 1): the per-step decay (0 = off)"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
         self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
         self.vae_dim_mult = tuple(self.vae_dim_mult)
@@ -240,22 +238,21 @@ def learning_rate(step, steps, lr, warmup, final):
     return lr * min((step + 1) / warmup, 1.0 - decay)
 
 
-def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss, extra, device, ema_decay=0.0):
+def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss, extra, device):
     """The loop shared by all stages: batch -> loss -> backward -> clip -> AdamW step -> log -> checkpoint.
 
     Resumes from `<run_dir>/<name>.pt` if present; on SIGINT/SIGTERM saves the exact state and exits, so a rerun
     continues bit-for-bit. `extra` (configs, stats) is stored in the checkpoint for plan.py. Under torchrun the
     model is wrapped in DDP, or sharded with FSDP2 (`--fsdp=True`, per DiT block); each rank draws its own batches;
     `batch_size` is per rank and per micro-step, so the global batch is batch_size * world * grad_accum. With
-    ema_decay > 0 an exponential moving average of the weights rides along, saved as the checkpoint's "ema" (it
-    never feeds back into training). With cfg.keep_every = N the weights of every N-th step also stay, as
-    `<name>_step<N>.pt`, for plan.py to compare checkpoints (Diffusion Policy reports the best and the last k's mean).
+    cfg.keep_every = N the weights of every N-th step also stay, as `<name>_step<N>.pt`, for plan.py to compare
+    checkpoints (Diffusion Policy reports the best and the last k's mean). No EMA of the weights: the Cosmos Policy
+    configs keep none, and evaluating one lost points here (README, "Two things that did not help").
     """
     path = os.path.join(cfg.run_dir, f"{name}.pt")
     rank, world = rank_world()
     net = model
     fsdp = world > 1 and cfg.fsdp and hasattr(model, "blocks")  # the DiT only: the small VAE stays on DDP
-    assert not (fsdp and ema_decay), "--ema needs whole weights on every rank: use DDP (--fsdp=False)"
     if fsdp:
         from torch.distributed.fsdp import fully_shard
         for block in getattr(model, "blocks", []):
@@ -266,12 +263,11 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches, sigmas and noise: saved, so resume is exact
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    step, ema_sd = 0, {}
+    step = 0
     if os.path.exists(path):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         set_state_dict(model, opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"], options=full)
         step = ck["step"]
-        ema_sd = ck.get("ema", {})
         if len(ck["rng"]) == world:
             gen.set_state(ck["rng"][rank])
         elif step < steps:
@@ -279,8 +275,6 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         print(f"[{name}] resumed from step {step}")
     if step >= steps:
         return model.eval()
-    ema = {n: ema_sd.get(n, p.detach()).to(p.device, p.dtype, copy=True)  # starts (or restarts) from the weights
-           for n, p in model.named_parameters()} if ema_decay else {}
 
     def save(s):
         model_sd, opt_sd = get_state_dict(model, opt, options=full)  # collective under FSDP: every rank calls it
@@ -288,9 +282,7 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         if world > 1:
             dist.all_gather_object(rngs, gen.get_state())
         if rank == 0:
-            averaged = {"ema": {**model_sd, **{n: e.cpu() for n, e in ema.items()}}} if ema else {}  # + buffers
-            weights = {"model": model_sd, "step": s, "done": s >= steps, "train_config": asdict(cfg), **averaged,
-                       **extra}
+            weights = {"model": model_sd, "step": s, "done": s >= steps, "train_config": asdict(cfg), **extra}
             save_atomic({**weights, "optimizer": opt_sd, "rng": rngs}, path)
             if cfg.keep_every and s % cfg.keep_every == 0:
                 save_atomic(weights, path.removesuffix(".pt") + f"_step{s}.pt")
@@ -318,9 +310,6 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
                 (loss / cfg.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            for n, p in model.named_parameters() if ema else ():
-                ema[n].lerp_(p, 1.0 - ema_decay)
         seen += batch_size * cfg.grad_accum * world
         for k, v in {"loss": loss.detach(), **parts}.items():
             log[k] = log.get(k, 0.0) + float(v) / cfg.log_every
@@ -513,7 +502,7 @@ def stage_policy(cfg, vae, demos, emb, device):
              "value_sprime": cfg.value_sprime}
     name = "policy" if not cfg.rollouts else "planner"
     return train_loop(cfg, name, model, cfg.policy_steps, cfg.lr, cfg.batch_size, make_batch,
-                      diffusion_loss(emb, slots), extra, device, ema_decay=cfg.ema)
+                      diffusion_loss(emb, slots), extra, device)
 
 
 def cli_overrides(argv, cls, extra=()):

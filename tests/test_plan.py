@@ -36,14 +36,6 @@ def policy(smoke_run):
     return plan.load_policy(smoke_run[0] / "policy.pt")
 
 
-def test_load_policy_prefers_the_moving_average(smoke_run, tmp_path):
-    ck = torch.load(smoke_run[0] / "policy.pt", weights_only=True)
-    ck["ema"] = {k: v + 1 if v.is_floating_point() else v for k, v in ck["model"].items()}  # train.py --ema
-    torch.save(ck, tmp_path / "ema.pt")
-    dit = plan.load_policy(tmp_path / "ema.pt").dit.state_dict()
-    assert all(torch.equal(dit[k], v) for k, v in ck["ema"].items())
-
-
 def observation(policy, n, seed=0):
     obs, _ = sim_env.VecPushEnv(policy.task, n, image_size=policy.image_size).reset(list(range(seed, seed + n)))
     return obs
