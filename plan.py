@@ -163,7 +163,8 @@ def condition_latent(p, obs, full=False):
     lat = p.vae.encode(video[:, :, :n])  # (B, C, T or num_cond, H, W)
     x = torch.zeros(lat.shape[:2] + (p.layout.num_frames,) + lat.shape[3:], device=dev)
     x[:, :, :lat.shape[2]] = lat
-    proprio = li.normalize(torch.from_numpy(obs["proprio"]).to(dev), *p.stats["proprio"])
+    proprio = torch.from_numpy(obs["proprio"][:, :p.layout.proprio_dim]).to(dev)  # (B, P): the position comes first
+    proprio = li.normalize(proprio, *p.stats["proprio"])
     return li.inject_vectors(x, p.layout, proprio=proprio)
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     init: str = "video"  # policy init: video (our pretraining) | scratch | path to a DiT checkpoint (official .pt too)
     rollouts: tuple = ()  # rollout .npz files (plan.py --collect_rollouts), comma-separated: trains a planner
     relative_actions: bool = True  # chunks as offsets from the pusher's position at the chunk's start (action_chunks)
+    proprio_dim: int = 2  # the pusher's position, as Push-T's agent_pos; 4 adds its velocity, a shortcut (README)
     action_quantile: float = 0.0  # action range: min/max of the demos (0, official) or their q..1-q quantiles, clipped
     action_loss_multiplier: int = 1  # official option: weight of the action frame in the loss (paper configs: 1)
     demo_prob: float = 0.5  # share of policy samples; the rest are rollouts, half world-model, half value (paper)
@@ -100,6 +101,7 @@ class TrainConfig:
         assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
         assert self.grad_accum >= 1, "grad_accum must be >= 1"
         assert 0.0 <= self.lr_final <= 1.0, f"lr_final {self.lr_final} must be in [0, 1] (a fraction of lr)"
+        assert self.proprio_dim in (2, 4), f"proprio_dim {self.proprio_dim}: 2 (position) or 4 (and velocity)"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
         self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
         self.vae_dim_mult = tuple(self.vae_dim_mult)
@@ -441,18 +443,19 @@ def stage_video(cfg, vae, demos, play, emb, device):
 
 
 def stage_policy(cfg, vae, demos, emb, device):
-    layout = li.Layout.toy(action_chunk=cfg.action_chunk)
+    layout = li.Layout.toy(action_chunk=cfg.action_chunk, proprio_dim=cfg.proprio_dim)
     sources = [demos] + [sim_env.load_demos(p, task=cfg.task, image_size=cfg.image_size) for p in cfg.rollouts]
-    lo_p, hi_p = li.minmax_stats(torch.from_numpy(demos["proprio"]))
     table = {k: [] for k in ("latent", "proprio", "action", "future_proprio", "value", "success", "rollout")}
     for i, data in enumerate(sources):
         rows, fut, chunk_rows, to_go, success = episode_index(data, layout.action_chunk)
         name = "demo_latents.pt" if i == 0 else f"rollout{i}_latents_{zlib.crc32(cfg.rollouts[i - 1].encode())}.pt"
         table["latent"].append(cached(os.path.join(cfg.run_dir, name),
                                       lambda: encode_pseudo_videos(vae, layout, data, rows, fut, device)))
-        proprio, chunks = torch.from_numpy(data["proprio"]), action_chunks(data, rows, chunk_rows, cfg.relative_actions)
-        if i == 0:  # the demos set the action range; rollouts are normalised with it
+        proprio = torch.from_numpy(data["proprio"][:, :layout.proprio_dim])  # (R, P)
+        chunks = action_chunks(data, rows, chunk_rows, cfg.relative_actions)
+        if i == 0:  # the demos set the ranges; rollouts are normalised with them
             lo_a, hi_a = li.minmax_stats(chunks.flatten(0, 1), q=cfg.action_quantile)  # over (N*K, A)
+            lo_p, hi_p = li.minmax_stats(proprio)
         action = li.normalize(chunks, lo_a, hi_a)  # (N, K, A)
         table["proprio"].append(li.normalize(proprio[rows], lo_p, hi_p))  # (N, P)
         table["action"].append(action.clamp(-1, 1) if cfg.action_quantile > 0 else action)

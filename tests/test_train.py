@@ -74,6 +74,23 @@ def test_relative_action_chunks_come_back_as_the_demonstrated_targets(smoke_run)
     assert torch.allclose(twice, targets.repeat_interleave(2, 0), atol=1e-5)
 
 
+def test_default_proprio_leaves_the_policy_blind_to_velocity(smoke_run, tmp_path):
+    src, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy.pt"))
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), proprio_dim=4)
+    demos, play = train.stage_demos(cfg)
+    vae = train.stage_vae(cfg, demos, play, torch.device("cpu"))
+    train.stage_policy(cfg, vae, demos, train.task_embedding(cfg.task), torch.device("cpu"))
+    rows = list(range(4))
+    obs = {k: demos[k][rows] for k in ("primary", "wrist", "proprio")}
+    moving = dict(obs, proprio=obs["proprio"] + [[0, 0, 0.5, -0.5]] * len(rows))  # same place, other velocity
+    for p, blind in ((plan.load_policy(src / "policy.pt"), True), (plan.load_policy(run / "policy.pt"), False)):
+        assert p.layout.proprio_dim == (2 if blind else 4)
+        same = torch.equal(plan.act(p, obs, num_steps=2)[0], plan.act(p, moving, num_steps=2)[0])
+        assert same == blind
+
+
 def action_error(policy, demos, n=24):
     """Mean |predicted - demonstrated| action chunk, in normalised units, over the first n demo rows."""
     rows, _, chunk_rows, _, _ = train.episode_index(demos, policy.layout.action_chunk)
