@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,45 @@ def test_episode_index_pads_chunks_and_labels_values():
     assert fut.tolist() == [2, 3, 3, 6, 6]
     assert chunk_rows.tolist() == [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6]]
     assert to_go.tolist() == [1, 0, 0, 0, 0] and success.tolist() == [True] * 3 + [False] * 2
+
+
+def test_pseudo_videos_are_encoded_each_with_its_own_frames(smoke_run):
+    run_dir, _ = smoke_run
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run_dir))
+    demos, play = train.stage_demos(cfg)
+    vae = train.stage_vae(cfg, demos, play, torch.device("cpu"))
+    layout = li.Layout.toy(action_chunk=cfg.action_chunk, proprio_dim=cfg.proprio_dim)
+    rows, fut = train.episode_index(demos, layout.action_chunk)[:2]
+    rows, fut = rows[:5], fut[:5]
+    lat = train.encode_pseudo_videos(vae, layout, demos, rows, fut, torch.device("cpu"), batch=2)  # (5, C, T, H, W)
+    assert lat.shape[:3] == (5, vae.cfg.z_dim, layout.num_frames)
+    for i in (0, 3, 4):  # the first batch, the middle one and the ragged last one
+        r, f = rows[i:i + 1].numpy(), fut[i:i + 1].numpy()
+        images = {"wrist": demos["wrist"][r], "primary": demos["primary"][r],
+                  "future_wrist": demos["wrist"][f], "future_primary": demos["primary"][f]}
+        alone = vae.encode(li.raw_frames(layout, {k: torch.from_numpy(v) for k, v in images.items()}))
+        assert torch.allclose(lat[i].float(), alone[0], atol=1e-2), i
+    assert not torch.allclose(lat[0].float(), lat[4].float(), atol=1e-2)  # the check above can tell samples apart
+
+
+class _Stub:  # a VAE that passes frames through (a perfect one) or decodes everything to grey (a blind one)
+    def __init__(self, blind):
+        self.blind = blind
+
+    def encode(self, video):
+        return video
+
+    def decode(self, z):
+        return torch.zeros_like(z) if self.blind else z
+
+
+@pytest.mark.parametrize("blind", [False, True])
+def test_reconstruction_picture_warns_only_for_a_blind_vae(tmp_path, capsys, blind):
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    train.save_reconstructions(_Stub(blind), {"wrist": images, "primary": images[::-1]}, str(tmp_path / "r.png"),
+                               torch.device("cpu"))
+    assert (tmp_path / "r.png").exists()
+    assert ("WARNING" in capsys.readouterr().out) == blind
 
 
 def test_relative_action_chunks_come_back_as_the_demonstrated_targets(smoke_run):
