@@ -410,10 +410,11 @@ def save_reconstructions(vae, demos, path, device, n=8):
                                    for s in layout.image_slots})  # (n, 3, F, S, S)
     recon = vae.decode(vae.encode(video)).clamp(-1, 1)
     last = [li.FRAMES_PER_LATENT * k for k in layout.frames("image", future=False)]  # each slot's last raw copy
-    mse = (recon[:, :, last] - video[:, :, last]).square().mean().item()
+    real, recon = video[:, :, last], recon[:, :, last]  # (n, 3, slots, S, S)
+    mse = (recon - real).square().mean().item()
     # A decoder that ignores its latent can do no better than the images' average: at or above it, the VAE is blind.
-    blind = video[:, :, last].var(0, unbiased=False).mean().item()
-    pairs = torch.stack([video[:, :, last], recon[:, :, last]], 0)  # (2, n, 3, slots, S, S)
+    blind = real.var(0, unbiased=False).mean().item()
+    pairs = torch.stack([real, recon], 0)  # (2, n, 3, slots, S, S)
     grid = rearrange(pairs, "r n c s h w -> (s r h) (n w) c")  # per slot: originals over reconstructions
     img = Image.fromarray(((grid.cpu().numpy() + 1) * 127.5).round().astype(np.uint8))
     img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(path)
@@ -421,7 +422,7 @@ def save_reconstructions(vae, demos, path, device, n=8):
           f"picture: {path}")
     if mse >= blind:
         print(f"[vae] WARNING: the VAE reconstructs no better than the average image, so the policy will be blind. "
-              f"Stop it (Ctrl-C) and rerun with another --seed in a new --run_dir")
+              "Stop it (Ctrl-C) and rerun with another --seed in a new --run_dir")
 
 
 def diffusion_loss(emb, slots=None):
