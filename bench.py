@@ -81,19 +81,14 @@ def bench_expert(tasks=("push_block", "push_t"), episodes=200, first_seed=100_00
     out = {}
     for task in tasks:
         for name, noise in [(f"expert/noise={n}", n) for n in noises] + [("random", None)]:
-            env, rng, start = sim_env.VecPushEnv(task, episodes), np.random.default_rng(0), time.perf_counter()
-            env.reset(range(first_seed, first_seed + episodes))
-            max_cov = env.cov.copy()
-            while not env.done.all():
-                act = (rng.uniform(0, 1, (episodes, 2)).astype(np.float32) if noise is None
-                       else sim_env.expert_actions(env, noise, rng))
-                env.step(act, render=False)
-                max_cov = np.maximum(max_cov, env.cov)  # an ended episode keeps its final state
-            ok = env.cov > env.cfg.success_coverage
+            rng, start = np.random.default_rng(0), time.perf_counter()
+            ctrl = sim_env.random_targets(rng) if noise is None else lambda env: sim_env.expert_actions(env, noise, rng)
+            ok, max_cov, steps = sim_env.score_controller(task, range(first_seed, first_seed + episodes), ctrl)
             out[f"{task}/{name}"] = {
                 "success_rate": float(ok.mean()), "mean_max_coverage": round(float(max_cov.mean()), 3),
-                "seeds": f"{first_seed}-{first_seed + episodes - 1}", "max_steps": env.cfg.max_steps,
-                "mean_len_success": float(env.steps[ok].mean()) if ok.any() else None,
+                "seeds": f"{first_seed}-{first_seed + episodes - 1}",
+                "max_steps": getattr(sim_env.EnvConfig, task)().max_steps,
+                "mean_len_success": float(steps[ok].mean()) if ok.any() else None,
                 "wall_s": round(time.perf_counter() - start, 1)}
     return out
 

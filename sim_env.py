@@ -26,9 +26,10 @@ auto-resets: an ended episode ignores actions and keeps its final state, reward 
 Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **overrides): reset(seed) -> (obs, info),
 step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N, image_size):
 reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False), observe();
-expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); collect_demos(task, n_episodes, seed, path,
-explore) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size) -> dict of
-arrays.
+expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller;
+score_controller(task, seeds, controller) -> (success, max coverage, steps) (N,) each; collect_demos(task, n_episodes,
+seed, path, explore) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size)
+-> dict of arrays.
 """
 import dataclasses
 import os
@@ -321,6 +322,23 @@ def expert_actions(env, noise=0.0, rng=None):
 def expert_action(env, noise=0.0, rng=None):
     """expert_actions for a PushEnv -> (2,)."""
     return expert_actions(env.vec, noise, rng)[0]
+
+
+def random_targets(rng):
+    """A controller that ignores the state: uniform targets on the table, the floor a policy has to clear."""
+    return lambda env: rng.uniform(0, 1, (env.num_envs, 2)).astype(np.float32)
+
+
+def score_controller(task, seeds, controller):
+    """Run a state-reading controller (VecPushEnv -> targets (N, 2)) on `seeds`, unrendered, until every episode ends
+    -> (success (N,) bool, max coverage (N,), steps (N,)): Push-T's two numbers per episode, and its length."""
+    env = VecPushEnv(task, len(seeds))
+    env.reset(seeds)
+    max_cov = env.cov.copy()
+    while not env.done.all():
+        env.step(controller(env), render=False)
+        max_cov = np.maximum(max_cov, env.cov)  # an ended episode keeps its final state
+    return env.cov > env.cfg.success_coverage, max_cov, env.steps.copy()
 
 
 def save_episodes(path, episodes, task, image_size):

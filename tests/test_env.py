@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import sim_env
-from sim_env import EnvConfig, PushEnv, VecPushEnv, collect_demos, expert_action, expert_actions, load_demos
+from sim_env import (EnvConfig, PushEnv, VecPushEnv, collect_demos, expert_action, expert_actions, load_demos,
+                     random_targets, score_controller)
 
 TASKS = ("push_block", "push_t")
 
@@ -226,6 +227,16 @@ def test_expert_solves_a_few_seeds(task, seeds):
     vec.reset(seeds[:1])
     action = expert_action(single)
     assert action.shape == (2,) and np.array_equal(action, expert_actions(vec)[0])
+
+
+def test_random_targets_are_a_seeded_floor_that_the_expert_clears():
+    seeds = range(100_000, 100_040)  # plan.py's evaluation seeds
+    ok, cov, steps = score_controller("push_block", seeds, random_targets(np.random.default_rng(0)))
+    again = score_controller("push_block", seeds, random_targets(np.random.default_rng(0)))
+    assert np.array_equal(ok, again[0]) and np.array_equal(cov, again[1])  # the same floor on every call
+    assert ok.mean() <= 0.1 and (steps[~ok] == EnvConfig.push_block().max_steps).all()
+    expert_ok, expert_cov, expert_steps = score_controller("push_block", seeds, expert_actions)
+    assert expert_ok.all() and expert_cov.mean() > cov.mean() + 0.5 and expert_steps.max() < 150
 
 
 @pytest.mark.slow

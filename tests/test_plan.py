@@ -70,7 +70,7 @@ def test_value_queries_use_the_planners_mask(policy, monkeypatch, sprime, kind):
     assert masks == [li.condition_frames(policy.layout, k).tolist() for k in ("policy", "world_model", kind)]
 
 
-def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_run, tmp_path):
+def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0], run)
     summary = plan.evaluate(str(run / "policy.pt"), episodes=2, best_of=2, wm_steps=(1,), value_steps=(1,),
@@ -78,6 +78,10 @@ def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_ru
     assert summary["episodes"] == 2 and summary["best_of"] == 2 and 0 <= summary["success_rate"] <= 1
     lo, hi = summary["ci95"]
     assert 0 <= lo <= summary["success_rate"] <= hi <= 1 and 0 <= summary["mean_max_coverage"] <= 1
+    _, floor_cov, _ = sim_env.score_controller("push_block", [100_000, 100_001],
+                                               sim_env.random_targets(np.random.default_rng(0)))
+    assert summary["random"]["mean_max_coverage"] == pytest.approx(floor_cov.mean())  # the policy's own seeds
+    assert f"random targets on the same seeds: {summary['random']['success_rate']:.3f}" in capsys.readouterr().out
     rollouts = sim_env.load_demos(run / "rollouts.npz", task="push_block")
     assert len(rollouts["episode_len"]) == 2 and list(rollouts["seed"]) == [100_000, 100_001]
     gifs = list((run / "gifs").glob("seed100000_*.gif"))

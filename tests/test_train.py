@@ -77,24 +77,29 @@ def test_pseudo_videos_are_encoded_each_with_its_own_frames(smoke_run):
     assert not torch.allclose(lat[0].float(), lat[4].float(), atol=1e-2)  # the check above can tell samples apart
 
 
-class _Stub:  # a VAE that passes frames through (a perfect one) or decodes everything to grey (a blind one)
-    def __init__(self, blind):
-        self.blind = blind
+class _Stub:  # a VAE that passes frames through (a perfect one) but decodes the `grey` views' frames to grey
+    def __init__(self, grey):
+        layout = li.Layout.toy()
+        self.frames = [f for s in grey for f in range(li.FRAMES_PER_LATENT * (layout.index(s) - 1) + 1,
+                                                      li.FRAMES_PER_LATENT * layout.index(s) + 1)]
 
     def encode(self, video):
         return video
 
     def decode(self, z):
-        return torch.zeros_like(z) if self.blind else z
+        z = z.clone()
+        z[:, :, self.frames] = 0
+        return z
 
 
-@pytest.mark.parametrize("blind", [False, True])
-def test_reconstruction_picture_warns_only_for_a_blind_vae(tmp_path, capsys, blind):
+@pytest.mark.parametrize("grey,warns", [((), False), (("primary",), False), (("wrist", "primary"), True)])
+def test_reconstruction_picture_warns_only_when_every_view_is_blind(tmp_path, capsys, grey, warns):
     images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-    train.save_reconstructions(_Stub(blind), {"wrist": images, "primary": images[::-1]}, str(tmp_path / "r.png"),
+    train.save_reconstructions(_Stub(grey), {"wrist": images, "primary": images[::-1]}, str(tmp_path / "r.png"),
                                torch.device("cpu"))
-    assert (tmp_path / "r.png").exists()
-    assert ("WARNING" in capsys.readouterr().out) == blind
+    out = capsys.readouterr().out
+    assert (tmp_path / "r.png").exists() and ("WARNING" in out) == warns
+    assert ("primary 1." in out) == bool(grey) and ("wrist 0.00" in out) == ("wrist" not in grey)
 
 
 def test_relative_action_chunks_come_back_as_the_demonstrated_targets(smoke_run):
