@@ -412,11 +412,11 @@ def save_reconstructions(vae, demos, path, device, n=8):
     current = layout.frames("image", future=False)
     last = [li.FRAMES_PER_LATENT * k for k in current]  # each slot's last raw copy
     real, recon = video[:, :, last], recon[:, :, last]  # (n, 3, slots, S, S)
-    mse = (recon - real).square().mean().item()
     # A decoder that ignores its latent can do no better than the images' average: at or above it, a view is blind.
     # Only every view blind is a reason to stop: a VAE blind in the primary view alone made a 31% policy (README).
-    per_view = (recon - real).square().mean((0, 1, 3, 4)) / real.var(0, unbiased=False).mean((0, 2, 3))  # (slots,)
-    average = real.var(0, unbiased=False).mean().item()
+    err, spread = (recon - real).square(), real.var(0, unbiased=False)  # (n, 3, slots, S, S), the average's (3, ...)
+    mse, average = err.mean().item(), spread.mean().item()
+    per_view = err.mean((0, 1, 3, 4)) / spread.mean((0, 2, 3))  # (slots,)
     pairs = torch.stack([real, recon], 0)  # (2, n, 3, slots, S, S)
     grid = rearrange(pairs, "r n c s h w -> (s r h) (n w) c")  # per slot: originals over reconstructions
     img = Image.fromarray(((grid.cpu().numpy() + 1) * 127.5).round().astype(np.uint8))
