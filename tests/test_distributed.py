@@ -25,7 +25,7 @@ def torchrun(args, run_dir):
 def test_ddp_ranks_end_with_identical_weights(smoke_run, tmp_path):
     src, _ = smoke_run
     run = tmp_path / "ddp"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy.pt"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy*.pt"))
     stdout = torchrun(["--policy_steps=20", "--grad_accum=2"], run)
     digests = re.findall(r"\[policy\] rank (\d): weights identical on all 2 ranks \((\w+)\)", stdout)
     assert sorted(r for r, _ in digests) == ["0", "1"] and len({d for _, d in digests}) == 1, stdout[-2000:]
@@ -38,7 +38,7 @@ def test_ddp_ranks_end_with_identical_weights(smoke_run, tmp_path):
 def test_fsdp2_checkpoint_is_full_and_resumes(smoke_run, tmp_path):
     src, _ = smoke_run
     run = tmp_path / "fsdp"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy.pt"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy*.pt"))
     torchrun(["--policy_steps=6", "--fsdp=True"], run)
     stdout = torchrun(["--policy_steps=10", "--fsdp=True"], run)
     assert "[policy] resumed from step 6" in stdout

@@ -126,7 +126,7 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
 
 def test_kept_checkpoints_are_compared_in_step_order(smoke_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy.pt"))
+    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy*.pt"))
     out = subprocess.run([sys.executable, "train.py", "--preset=smoke", "--stage=policy", f"--run_dir={run}",
                           "--policy_steps=10", "--keep_every=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,5 +1,6 @@
 """train.py: the whole pipeline as a subprocess, overfitting a few demos, and exact resume after a kill."""
 import dataclasses
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -19,9 +20,11 @@ from conftest import ROOT
 
 def test_smoke_pipeline_runs_end_to_end(smoke_run):
     run_dir, stdout = smoke_run
-    for name in ("demos.npz", "play.npz", "vae.pt", "vae_recon.png", "video.pt", "policy.pt", "demo_latents.pt"):
+    for name in ("demos.npz", "play.npz", "vae.pt", "vae_recon.png", "video.pt", "policy.pt", "demo_latents.pt",
+                 "policy_step3.pt", "policy_step5.pt", "policy_best.pt"):
         assert (run_dir / name).exists(), name
-    assert "eval push_block: success" in stdout.splitlines()[-1]
+    assert not list(run_dir.glob("v*_step*.pt"))  # only the policy's checkpoints are kept for a choice
+    assert "[select] policy_step" in stdout and "eval push_block: success" in stdout.splitlines()[-1]
     ck = torch.load(run_dir / "policy.pt", weights_only=True)
     assert ck["done"] and ck["step"] == train.TrainConfig.smoke().policy_steps
     assert train.TrainConfig(**ck["train_config"]).run_dir == str(run_dir)  # the config travels with the weights
@@ -122,7 +125,7 @@ def test_relative_action_chunks_come_back_as_the_demonstrated_targets(smoke_run)
 def test_default_proprio_leaves_the_policy_blind_to_velocity(smoke_run, tmp_path):
     src, _ = smoke_run
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy.pt"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy*.pt"))
     cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), proprio_dim=4)
     demos, play = train.stage_demos(cfg)
     vae = train.stage_vae(cfg, demos, play, torch.device("cpu"))
@@ -150,14 +153,14 @@ def action_error(policy, demos, n=24):
 def test_policy_stage_overfits_one_demo(smoke_run, tmp_path):
     src, _ = smoke_run
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy.pt", "video.pt", "demo_latents.pt"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("policy*.pt", "video.pt", "demo_latents.pt"))
     d = sim_env.load_demos(run / "demos.npz")
     first = slice(0, int(d["episode_len"][0]))
     sim_env.save_episodes(run / "demos.npz", [dict({k: d[k][first] for k in sim_env.ROW_KEYS}, success=True,
                                                    seed=int(d["seed"][0]))], "push_block", int(d["image_size"]))
     cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), init="scratch", width=64, blocks=2,
                               policy_steps=600, batch_size=16, lr=1e-3, demo_prob=1.0, log_every=1000,
-                              ckpt_every=1000)
+                              ckpt_every=1000, keep_every=0)
     torch.manual_seed(0)
     demos, play = train.stage_demos(cfg)
     vae = train.stage_vae(cfg, demos, play, torch.device("cpu"))
@@ -176,11 +179,11 @@ def train_fresh_dit(policy):
 def test_killed_run_resumes_with_the_same_state(smoke_run, tmp_path):
     src, _ = smoke_run
     cmd = [sys.executable, "train.py", "--preset=smoke", "--stage=policy", "--policy_steps=400", "--ckpt_every=10",
-           "--log_every=1000"]
+           "--log_every=1000", "--keep_every=0"]
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = tmp_path / name
-        shutil.copytree(src, runs[name], ignore=shutil.ignore_patterns("policy.pt"))
+        shutil.copytree(src, runs[name], ignore=shutil.ignore_patterns("policy*.pt"))
     straight = subprocess.run(cmd + [f"--run_dir={runs['straight']}"], cwd=ROOT, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -205,6 +208,31 @@ def test_killed_run_resumes_with_the_same_state(smoke_run, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a["rng"], b["rng"]))
     for k, v in a["optimizer"]["state"].items():  # the AdamW moments came back too, not just the weights
         assert all(torch.equal(v[m], b["optimizer"]["state"][k][m]) for m in v), k
+
+
+def test_eval_scores_the_pick_of_the_validation_seeds_on_the_test_seeds(smoke_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy_*.pt"))
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), stage="eval", select_episodes=7)
+    with pytest.raises(AssertionError, match="keep_every"):
+        train.main(cfg)
+    final = torch.load(run / "policy.pt", weights_only=True)
+    for step in (2, 4, 6):  # three checkpoints told apart by their weights
+        weights = {k: v for k, v in final.items() if k not in ("optimizer", "rng")}
+        torch.save(dict(weights, step=step, model={k: v + step for k, v in final["model"].items()}),
+                   run / f"policy_step{step}.pt")
+    calls = []
+
+    def fake_evaluate(ckpt, episodes, seed=plan.PlanConfig.seed, **kw):
+        calls.append((pathlib.Path(ckpt).name, episodes, seed))
+        return {"success_rate": 0.3 if ckpt.endswith("step4.pt") else 0.1, "ci95": [0.0, 1.0],
+                "mean_max_coverage": 0.2}
+    monkeypatch.setattr(plan, "evaluate", fake_evaluate)
+    train.main(cfg)
+    assert calls == [(f"policy_step{s}.pt", 7, plan.VALIDATION_SEED) for s in (2, 4, 6)] + \
+        [("policy_best.pt", cfg.eval_episodes, plan.PlanConfig.seed)]  # never a test seed in the choice
+    best = torch.load(run / "policy_best.pt", weights_only=True)
+    assert best["step"] == 4 and all(torch.equal(best["model"][k], v + 4) for k, v in final["model"].items())
 
 
 def test_demo_file_holds_the_expert_successes(smoke_run):
