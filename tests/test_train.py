@@ -21,10 +21,11 @@ from conftest import ROOT
 def test_smoke_pipeline_runs_end_to_end(smoke_run):
     run_dir, stdout = smoke_run
     for name in ("demos.npz", "play.npz", "vae.pt", "vae_recon.png", "video.pt", "policy.pt", "demo_latents.pt",
-                 "policy_step3.pt", "policy_step5.pt", "policy_best.pt"):
+                 "policy_step3.pt", "policy_step5.pt", "policy_avg.pt"):
         assert (run_dir / name).exists(), name
-    assert not list(run_dir.glob("v*_step*.pt"))  # only the policy's checkpoints are kept for a choice
-    assert "[select] policy_step" in stdout and "eval push_block: success" in stdout.splitlines()[-1]
+    assert not list(run_dir.glob("v*_step*.pt"))  # only the policy's checkpoints are kept, to be averaged
+    assert "[average] the weights of policy_step3.pt, policy_step5.pt" in stdout
+    assert "eval push_block: success" in stdout.splitlines()[-1]
     ck = torch.load(run_dir / "policy.pt", weights_only=True)
     assert ck["done"] and ck["step"] == train.TrainConfig.smoke().policy_steps
     assert train.TrainConfig(**ck["train_config"]).run_dir == str(run_dir)  # the config travels with the weights
@@ -39,6 +40,9 @@ def test_parse_args_rejects_unknown_and_malformed_options():
         train.parse_args(["--task", "push_t"])
     with pytest.raises(AssertionError, match="unknown task"):
         train.parse_args(["--task=push_x"])
+    with pytest.raises(AssertionError, match="one way to pick"):
+        train.parse_args(["--preset=smoke", "--select_episodes=50"])  # the smoke preset already averages
+    assert train.parse_args(["--preset=smoke", "--select_episodes=50", "--average=0"]).select_episodes == 50
 
 
 def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
@@ -213,7 +217,8 @@ def test_killed_run_resumes_with_the_same_state(smoke_run, tmp_path):
 def test_eval_scores_the_pick_of_the_validation_seeds_on_the_test_seeds(smoke_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy_*.pt"))
-    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), stage="eval", select_episodes=7)
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), stage="eval", select_episodes=7,
+                              average=0)
     with pytest.raises(AssertionError, match="keep_every"):
         train.main(cfg)
     final = torch.load(run / "policy.pt", weights_only=True)
@@ -233,6 +238,27 @@ def test_eval_scores_the_pick_of_the_validation_seeds_on_the_test_seeds(smoke_ru
         [("policy_best.pt", cfg.eval_episodes, plan.PlanConfig.seed)]  # never a test seed in the choice
     best = torch.load(run / "policy_best.pt", weights_only=True)
     assert best["step"] == 4 and all(torch.equal(best["model"][k], v + 4) for k, v in final["model"].items())
+
+
+def test_eval_scores_the_average_of_the_last_kept_weights(smoke_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy_*.pt"))
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), stage="eval", average=2)
+    with pytest.raises(AssertionError, match="keep_every"):
+        train.main(cfg)
+    final = torch.load(run / "policy.pt", weights_only=True)
+    weights = {k: v for k, v in final.items() if k not in ("optimizer", "rng")}
+    for step in (2, 4, 10):  # step order, not name order ("10" < "2"), decides which are the last two
+        torch.save(dict(weights, step=step, model={k: v + step for k, v in final["model"].items()}),
+                   run / f"policy_step{step}.pt")
+    calls = []
+    monkeypatch.setattr(plan, "evaluate", lambda ckpt, episodes, **kw: calls.append((pathlib.Path(ckpt).name, kw)))
+    train.main(cfg)
+    assert calls == [("policy_avg.pt", {"num_steps": cfg.eval_steps, "device": torch.device("cpu")})]
+    avg = torch.load(run / "policy_avg.pt", weights_only=True)
+    assert avg["averaged"] == ["policy_step4.pt", "policy_step10.pt"] and avg["step"] == 10
+    assert all(torch.allclose(avg["model"][k], v + 7) for k, v in final["model"].items())
+    assert plan.load_policy(run / "policy_avg.pt").layout == plan.load_policy(run / "policy.pt").layout
 
 
 def test_demo_file_holds_the_expert_successes(smoke_run):
