@@ -128,7 +128,7 @@ class TrainConfig:
         # push_t's thin T needs more: with --vae_batch=8 --vae_steps=4000 its VAE keeps the colours and the angle.
         # One run's checkpoints differ by tens of points. Kept every 800 steps, only 2400 and the last (3200) ever did
         # best on validation seeds. Their weights' average beat the better of the two chosen on 50 validation seeds:
-        # over training seeds 0-4, 4 of 5 clearly above random against 3 of 5, a minute sooner (README).
+        # over training seeds 0-4, 4 of 5 clearly above random against 3 of 5, and no validation episodes (README).
         return cls(n_demos=40, n_play=40, n_clips=600, image_size=32, vae_dim_mult=(1, 2, 4), width=128, blocks=4,
                    heads=4, vae_steps=800, vae_batch=4, video_steps=600, policy_steps=3200, batch_size=8, lr=7e-4,
                    warmup=100, keep_every=2400, average=2, eval_episodes=100)
