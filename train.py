@@ -625,8 +625,11 @@ def main(cfg):
     if cfg.stage in ("all", "eval") and rank == 0:
         import plan
         name = "planner" if cfg.rollouts else "policy"
-        ckpt = (select_checkpoint(cfg, name, device) if cfg.select_episodes else average_checkpoints(cfg, name)
-                if cfg.average else os.path.join(cfg.run_dir, f"{name}.pt"))
+        ckpt = os.path.join(cfg.run_dir, f"{name}.pt")
+        if cfg.select_episodes:
+            ckpt = select_checkpoint(cfg, name, device)
+        elif cfg.average:
+            ckpt = average_checkpoints(cfg, name)
         plan.evaluate(ckpt, episodes=cfg.eval_episodes, num_steps=cfg.eval_steps, device=device)
     if world > 1:
         dist.destroy_process_group()
