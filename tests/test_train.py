@@ -56,6 +56,18 @@ def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
         train.parse_args(["--lr_final=1.5"])
 
 
+def test_lr_final_ends_the_policy_schedule_only(tmp_path, monkeypatch):
+    finals = []
+    rate = train.learning_rate
+    monkeypatch.setattr(train, "learning_rate", lambda *a: finals.append(a[-1]) or rate(*a))
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(tmp_path), lr_final=0.0, keep_every=0)
+    for name in ("vae", "video", "policy", "planner"):
+        finals.clear()
+        train.train_loop(cfg, name, torch.nn.Linear(2, 1), 3, 1e-3, 4, lambda gen: torch.randn(4, 2, generator=gen),
+                         lambda net, x, gen: (net(x).square().mean(), {}), {}, torch.device("cpu"))
+        assert finals and set(finals) == {0.3 if name in ("vae", "video") else 0.0}, name  # the cpu preset's bases
+
+
 def test_episode_index_pads_chunks_and_labels_values():
     data = {"episode_len": [4, 3], "success": [True, False]}  # rows 0-3 and 4-6; rows 3 and 6 are final frames
     rows, fut, chunk_rows, to_go, success = train.episode_index(data, chunk=2)
