@@ -270,7 +270,7 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     path = os.path.join(cfg.run_dir, f"{name}.pt")
     fine_tune = name in ("policy", "planner")
     keep = cfg.keep_every > 0 and fine_tune  # the VAE and the video model are never compared
-    final = cfg.lr_final if fine_tune else 0.3  # our pretraining stages keep the official schedule's end
+    final = cfg.lr_final if fine_tune else TrainConfig.lr_final  # pretraining keeps the official end, the default
     rank, world = rank_world()
     net = model
     fsdp = world > 1 and cfg.fsdp and hasattr(model, "blocks")  # the DiT only: the small VAE stays on DDP
