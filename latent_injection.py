@@ -136,7 +136,7 @@ class Layout:
         ), num_cond=5, action_chunk=50, action_dim=14, proprio_dim=14, gamma=0.998)  # 1.5-2K-step episodes
 
     @classmethod
-    def toy(cls, action_chunk=16, action_dim=2, proprio_dim=4, gamma=0.99):
+    def toy(cls, action_chunk=16, action_dim=2, proprio_dim=2, gamma=0.99):
         return cls(slots=cls.libero().slots, num_cond=4, action_chunk=action_chunk, action_dim=action_dim,
                    proprio_dim=proprio_dim, gamma=gamma)  # LIBERO's frame order, small vectors for the 2-D sim
 
