@@ -106,7 +106,10 @@ class PlanConfig:
     def __post_init__(self):
         self.wm_steps, self.value_steps = tuple(self.wm_steps), tuple(self.value_steps)
         self.proprio, self.instruction = tuple(float(v) for v in self.proprio), str(self.instruction)
-        assert self.best_of >= 1 and self.action_steps >= 1 and self.num_steps >= 1 and self.samples >= 1
+        small = {k: getattr(self, k) for k in ("episodes", "num_steps", "action_steps", "best_of", "batch", "samples",
+                                               "last") if getattr(self, k) < 1}
+        assert not small, f"{small}: these must be >= 1"
+        assert self.gifs >= 0, f"gifs {self.gifs} must be >= 0"
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
 
 

@@ -110,6 +110,21 @@ class TrainConfig:
         assert self.proprio_dim in (2, 4), f"proprio_dim {self.proprio_dim}: 2 (position) or 4 (and velocity)"
         assert not (self.average and self.select_episodes), "--average or --select_episodes: one way to pick weights"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
+        counts = ("n_demos", "n_play", "n_clips", "vae_steps", "video_steps", "policy_steps", "batch_size", "width",
+                  "blocks", "heads", "action_chunk", "log_every", "ckpt_every", "eval_episodes", "eval_steps")
+        small = {k: getattr(self, k) for k in counts if getattr(self, k) < 1}
+        assert not small, f"{small}: these must be >= 1"
+        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "select_episodes", "average")
+                    if getattr(self, k) < 0}
+        assert not negative, f"{negative}: these must be >= 0"
+        assert self.vae_batch >= 2 and self.vae_batch % 2 == 0, \
+            f"vae_batch {self.vae_batch}: an even number >= 2 (half pseudo-video clips, half real ones)"
+        assert self.width % self.heads == 0, f"width {self.width} must be divisible by heads {self.heads}"
+        multiple = 2 ** len(self.vae_dim_mult)  # the VAE's spatial factor, 2^(levels - 1), times the DiT's 2x2 patch
+        assert self.image_size % multiple == 0, \
+            f"image_size {self.image_size} must be a multiple of {multiple} with vae_dim_mult {self.vae_dim_mult}"
+        assert not (self.average or self.select_episodes) or self.keep_every or self.stage != "all", \
+            "--average and --select_episodes choose among kept checkpoints: add --keep_every=N (or --average=0)"
         self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
         self.vae_dim_mult = tuple(self.vae_dim_mult)
 

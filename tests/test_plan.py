@@ -31,6 +31,12 @@ def test_wilson_interval():
     assert plan.wilson(0, 0) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("field", ["episodes", "best_of", "batch", "num_steps"])
+def test_plan_config_rejects_zero_counts_by_name(field):
+    with pytest.raises(AssertionError, match=field):
+        plan.PlanConfig(**{field: 0})
+
+
 @pytest.fixture(scope="module")
 def policy(smoke_run):
     return plan.load_policy(smoke_run[0] / "policy.pt")

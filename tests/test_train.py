@@ -45,6 +45,15 @@ def test_parse_args_rejects_unknown_and_malformed_options():
     assert train.parse_args(["--preset=smoke", "--select_episodes=50", "--average=0"]).select_episodes == 50
 
 
+@pytest.mark.parametrize("arg, message", [("--batch_size=0", "batch_size"), ("--log_every=0", "log_every"),
+                                          ("--vae_batch=3", "even number"), ("--heads=3", "divisible by heads"),
+                                          ("--image_size=36", "multiple of 8"), ("--warmup=-1", "warmup"),
+                                          ("--keep_every=0", "add --keep_every")])
+def test_parse_args_rejects_bad_values_before_any_work(arg, message):
+    with pytest.raises(AssertionError, match=message):
+        train.parse_args(["--preset=cpu", arg])
+
+
 def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
     rates = [train.learning_rate(s, 1000, 2.0, 100, 0.3) for s in range(1000)]
     assert rates[0] == pytest.approx(0.02) and rates[99] == pytest.approx(2.0)  # (s + 1) / warmup
@@ -60,7 +69,8 @@ def test_lr_final_ends_the_policy_schedule_only(tmp_path, monkeypatch):
     finals = []
     rate = train.learning_rate
     monkeypatch.setattr(train, "learning_rate", lambda *a: finals.append(a[-1]) or rate(*a))
-    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(tmp_path), lr_final=0.0, keep_every=0)
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(tmp_path), lr_final=0.0, keep_every=0,
+                              average=0)
     for name in ("vae", "video", "policy", "planner"):
         finals.clear()
         train.train_loop(cfg, name, torch.nn.Linear(2, 1), 3, 1e-3, 4, lambda gen: torch.randn(4, 2, generator=gen),
@@ -176,7 +186,7 @@ def test_policy_stage_overfits_one_demo(smoke_run, tmp_path):
                                                    seed=int(d["seed"][0]))], "push_block", int(d["image_size"]))
     cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), init="scratch", width=64, blocks=2,
                               policy_steps=600, batch_size=16, lr=1e-3, demo_prob=1.0, log_every=1000,
-                              ckpt_every=1000, keep_every=0)
+                              ckpt_every=1000, keep_every=0, average=0)
     torch.manual_seed(0)
     demos, play = train.stage_demos(cfg)
     vae = train.stage_vae(cfg, demos, play, torch.device("cpu"))
