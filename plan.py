@@ -23,8 +23,8 @@ load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T
 plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
 env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
-open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1]}:
-    imitation error on demo states, no simulator.
+open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1],
+    value_l1[, value_auc]}: imitation and value error on demo or rollout states, no simulator.
 
 Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
 nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
@@ -314,8 +314,13 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     the demo's on `n` random demo states, against standing still (every target at the pusher). A policy that does not
     beat standing still on its own training states cannot succeed in closed loop (push_t, README). With samples > 1
     (noise seeds seed, seed + 1, ...) it also splits the error: the L1 of the samples' mean, and the samples' mean L1
-    to it (their spread); an error well above the spread is a wrong mean, not sampling noise."""
-    k, lens = action_steps, data["episode_len"]
+    to it (their spread); an error well above the spread is a wrong mean, not sampling noise.
+
+    The value generated with the actions (first noise seed) is scored against the training label of the same state,
+    V(s') = gamma^(steps from s' to the end) for a success and 0 for a failure (value_l1, in [0, 1]). On rollouts
+    (plan.py --collect_rollouts) holding both outcomes, value_auc is the chance that a state of a success gets a
+    higher value than one of a failure (0.5: the value cannot tell them apart, so it cannot rank plans either)."""
+    k, lens = action_steps, np.asarray(data["episode_len"])
     first = np.cumsum(lens) - lens
     ok = np.concatenate([f + np.arange(m - k) for f, m in zip(first, lens) if m > k])  # k real actions ahead
     assert len(ok), f"no demo state has {k} actions ahead in its episode"
@@ -323,14 +328,24 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     targets = data["action"][rows[:, None] + np.arange(k)]  # (n, k, A)
     here = data["proprio"][rows, None, :targets.shape[-1]]  # (n, 1, A)
     obs = [{c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")} for i in range(0, len(rows), batch)]
-    pred = np.stack([np.concatenate([act(p, o, num_steps, seed=seed + s)[0][:, :k].float().cpu().numpy() for o in obs])
-                     for s in range(samples)])  # (samples, n, k, A)
+    runs = [[act(p, o, num_steps, seed=seed + s) for o in obs] for s in range(samples)]  # per seed, per batch
+    pred = np.stack([np.concatenate([a[:, :k].float().cpu().numpy() for a, _, _ in run])
+                     for run in runs])  # (samples, n, k, A)
     out = {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
            "standing_still_l1": float(np.abs(here - targets).mean())}
     if samples > 1:
         mean = pred.mean(0)  # (n, k, A)
         out.update(samples=samples, mean_of_samples_l1=float(np.abs(mean - targets).mean()),
                    sample_spread_l1=float(np.abs(pred - mean).mean()))
+    if "success" in data:
+        value = np.concatenate([v.float().cpu().numpy() for _, _, v in runs[0]])  # (n,) in [0, 1]
+        end = np.repeat(first + lens - 1, lens)[rows]  # (n,) each state's final row; s' is a chunk ahead (train.py)
+        won = np.repeat(np.asarray(data["success"], bool), lens)[rows]  # (n,)
+        label = (li.value_target(end - np.minimum(rows + p.layout.action_chunk, end), p.layout.gamma, won) + 1) / 2
+        out["value_l1"] = float(np.abs(value - label.numpy()).mean())
+        if won.any() and not won.all():
+            higher = value[won][:, None] - value[~won][None]  # (successes, failures)
+            out["value_auc"] = float((higher > 0).mean() + 0.5 * (higher == 0).mean())
     return out
 
 

@@ -130,6 +130,24 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
     assert real["states"] == 3 and np.isfinite(real["policy_l1"]) and real["standing_still_l1"] > 0
 
 
+def test_open_loop_scores_the_value_against_each_states_label_and_ranks_outcomes(policy, monkeypatch):
+    lens, gamma, chunk = np.array([30, 25]), policy.layout.gamma, policy.layout.action_chunk
+    r = np.arange(lens.sum())
+    image = np.zeros((len(r), 8, 8, 3), np.uint8)
+    data = {"episode_len": lens, "success": np.array([True, False]), "primary": image, "wrist": image,
+            "proprio": np.stack([r, 0 * r], 1).astype(np.float32), "action": np.zeros((len(r), 2), np.float32)}
+    # V(s') of row r in the success (rows 0-29): s' = min(r + K, 29), gamma^(29 - s'); every failure row: 0.
+    label = lambda row: np.where(row < 30, gamma ** (29 - np.minimum(row + chunk, 29)), 0.0)  # noqa: E731
+    for value, l1, auc in ((label, 0.0, 1.0), (lambda row: 0.5 + 0 * row, None, 0.5)):
+        oracle = lambda p, obs, num_steps, seed, v=value: (  # noqa: E731
+            torch.zeros(len(obs["proprio"]), 16, 2), None, torch.from_numpy(v(obs["proprio"][:, 0])).float())
+        monkeypatch.setattr(plan, "act", oracle)
+        out = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7)
+        rows = np.concatenate([np.arange(30 - 8), 30 + np.arange(25 - 8)])  # the states scored
+        assert out["value_l1"] == pytest.approx(l1 if l1 is not None else np.abs(0.5 - label(rows)).mean(), abs=1e-6)
+        assert out["value_auc"] == auc
+
+
 def test_kept_checkpoints_are_compared_in_step_order(smoke_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy*.pt"))
