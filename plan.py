@@ -69,7 +69,7 @@ import diffusion
 import latent_injection as li
 import sim_env
 from dit import DiTConfig, load_dit
-from train import cli_overrides
+import train
 from vae import VAEConfig, load_vae
 
 # Seeds for choosing among checkpoints (train.py --select_episodes); evaluation uses 100_000 up, demos 0 up.
@@ -316,11 +316,11 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     (noise seeds seed, seed + 1, ...) it also splits the error: the L1 of the samples' mean, and the samples' mean L1
     to it (their spread); an error well above the spread is a wrong mean, not sampling noise.
 
-    The value generated with the actions (first noise seed) is scored against the training label of the same state,
-    V(s') = gamma^(steps from s' to the end) for a success and 0 for a failure (value_l1, in [0, 1]). On rollouts
-    (plan.py --collect_rollouts) holding both outcomes, value_auc is the chance that a state of a success gets a
-    higher value than one of a failure (0.5: the value cannot tell them apart, so it cannot rank plans either)."""
-    k, lens = action_steps, np.asarray(data["episode_len"])
+    The value is scored too, as planning queries it (true_future_values) but on the real chunk and future, against
+    the training label of the same state: value_l1, in [0, 1]. On rollouts (plan.py --collect_rollouts) holding both
+    outcomes, value_auc is the chance that a state of a success gets a higher value than one of a failure (0.5: the
+    value cannot tell them apart from what really happened, so it cannot rank imagined plans either)."""
+    k, lens = action_steps, data["episode_len"]
     first = np.cumsum(lens) - lens
     ok = np.concatenate([f + np.arange(m - k) for f, m in zip(first, lens) if m > k])  # k real actions ahead
     assert len(ok), f"no demo state has {k} actions ahead in its episode"
@@ -328,9 +328,8 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     targets = data["action"][rows[:, None] + np.arange(k)]  # (n, k, A)
     here = data["proprio"][rows, None, :targets.shape[-1]]  # (n, 1, A)
     obs = [{c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")} for i in range(0, len(rows), batch)]
-    runs = [[act(p, o, num_steps, seed=seed + s) for o in obs] for s in range(samples)]  # per seed, per batch
-    pred = np.stack([np.concatenate([a[:, :k].float().cpu().numpy() for a, _, _ in run])
-                     for run in runs])  # (samples, n, k, A)
+    pred = np.stack([np.concatenate([act(p, o, num_steps, seed=seed + s)[0][:, :k].float().cpu().numpy() for o in obs])
+                     for s in range(samples)])  # (samples, n, k, A)
     out = {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
            "standing_still_l1": float(np.abs(here - targets).mean())}
     if samples > 1:
@@ -338,15 +337,35 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
         out.update(samples=samples, mean_of_samples_l1=float(np.abs(mean - targets).mean()),
                    sample_spread_l1=float(np.abs(pred - mean).mean()))
     if "success" in data:
-        value = np.concatenate([v.float().cpu().numpy() for _, _, v in runs[0]])  # (n,) in [0, 1]
-        end = np.repeat(first + lens - 1, lens)[rows]  # (n,) each state's final row; s' is a chunk ahead (train.py)
-        won = np.repeat(np.asarray(data["success"], bool), lens)[rows]  # (n,)
-        label = (li.value_target(end - np.minimum(rows + p.layout.action_chunk, end), p.layout.gamma, won) + 1) / 2
-        out["value_l1"] = float(np.abs(value - label.numpy()).mean())
+        value, label, won = true_future_values(p, data, rows, num_steps, seed, batch)
+        out["value_l1"] = float((value - label).abs().mean())
         if won.any() and not won.all():
             higher = value[won][:, None] - value[~won][None]  # (successes, failures)
-            out["value_auc"] = float((higher > 0).mean() + 0.5 * (higher == 0).mean())
+            out["value_auc"] = float((higher > 0).double().mean() + 0.5 * (higher == 0).double().mean())
     return out
+
+
+@torch.no_grad()
+def true_future_values(p, data, rows, num_steps=5, seed=0, batch=50):
+    """The value query of planning (plan_best_of_n: all but the value clean, or only s' for a V(s') planner) on real
+    transitions: each state at `rows` with its demonstrated chunk and the real state a chunk later, built as training
+    builds them (train.episode_index, action_chunks, encode_pseudo_videos). Returns the values (n,) in [0, 1], their
+    training labels (n,) mapped to [0, 1] the same way, and whether each state's episode succeeded (n,)."""
+    dev, lay = p.vae.conv1.weight.device, p.layout
+    every, fut, chunk_rows, to_go, success = train.episode_index(data, lay.action_chunk)
+    pos = torch.from_numpy(np.searchsorted(every.numpy(), rows))  # (n,) each row's place among all sample rows
+    assert torch.equal(every[pos], torch.as_tensor(rows)), "an episode's final row has no chunk to score"
+    r, f = every[pos], fut[pos]
+    latent = train.encode_pseudo_videos(p.vae, lay, data, r, f, dev).to(dev).float()  # (n, C, T, H, W)
+    proprio = li.normalize(torch.from_numpy(data["proprio"][:, :lay.proprio_dim]).to(dev), *p.stats["proprio"])
+    chunk = li.normalize(train.action_chunks(data, r, chunk_rows[pos], p.relative_actions).to(dev), *p.stats["action"])
+    x = li.inject_vectors(latent, lay, proprio=proprio[r], action=chunk, future_proprio=proprio[f])
+    kind = "value_sprime" if p.value_sprime else "value"
+    value = torch.cat([li.read_value(diffusion.sample(network(p), xb, li.condition_mask(lay, [kind] * len(xb)),
+                                                      num_steps, noise=noise_like(xb.shape[1:], [seed] * len(xb), dev)),
+                                     lay) for xb in x.split(batch)])  # (n,)
+    label = (li.value_target(to_go[pos], lay.gamma, success[pos]) + 1) / 2  # V(s') in [0, 1], as read_value
+    return value.float().cpu(), label, success[pos].bool()
 
 
 def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
@@ -586,7 +605,7 @@ def libero_main(cfg):
 
 
 if __name__ == "__main__":
-    c = PlanConfig(**cli_overrides(sys.argv[1:], PlanConfig))
+    c = PlanConfig(**train.cli_overrides(sys.argv[1:], PlanConfig))
     if c.libero:
         assert c.instruction and c.primary and c.wrist and len(c.proprio) == 9, \
             "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"

@@ -130,21 +130,36 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
     assert real["states"] == 3 and np.isfinite(real["policy_l1"]) and real["standing_still_l1"] > 0
 
 
-def test_open_loop_scores_the_value_against_each_states_label_and_ranks_outcomes(policy, monkeypatch):
-    lens, gamma, chunk = np.array([30, 25]), policy.layout.gamma, policy.layout.action_chunk
+def test_open_loop_queries_the_value_on_the_real_chunk_and_future_and_ranks_outcomes(policy, monkeypatch):
+    lay, stats, lens = policy.layout, policy.stats, np.array([30, 25])  # episode 0 (rows 0-29) succeeds, 1 fails
     r = np.arange(lens.sum())
-    image = np.zeros((len(r), 8, 8, 3), np.uint8)
+    image = np.zeros((len(r), policy.image_size, policy.image_size, 3), np.uint8)
     data = {"episode_len": lens, "success": np.array([True, False]), "primary": image, "wrist": image,
-            "proprio": np.stack([r, 0 * r], 1).astype(np.float32), "action": np.zeros((len(r), 2), np.float32)}
-    # V(s') of row r in the success (rows 0-29): s' = min(r + K, 29), gamma^(29 - s'); every failure row: 0.
-    label = lambda row: np.where(row < 30, gamma ** (29 - np.minimum(row + chunk, 29)), 0.0)  # noqa: E731
-    for value, l1, auc in ((label, 0.0, 1.0), (lambda row: 0.5 + 0 * row, None, 0.5)):
-        oracle = lambda p, obs, num_steps, seed, v=value: (  # noqa: E731
-            torch.zeros(len(obs["proprio"]), 16, 2), None, torch.from_numpy(v(obs["proprio"][:, 0])).float())
-        monkeypatch.setattr(plan, "act", oracle)
+            "proprio": np.stack([r, 0 * r], 1).astype(np.float32),  # (R, P): the row index
+            "action": np.stack([r + 1, 0 * r], 1).astype(np.float32)}  # (R, A): each row's target is the next row
+    last = np.where(r < 30, 29, 54)
+    label = lambda row: np.where(row < 30, lay.gamma ** (29 - np.minimum(row + lay.action_chunk, 29)), 0.0)  # noqa
+    read = lambda x, frame, name: li.unnormalize(  # noqa: E731
+        li.extract(x, frame, lay.proprio_dim), *stats[name])[:, 0].round().long().numpy()
+
+    def fake_sample(value_of):
+        def sample(net, x, mask, num_steps, noise):
+            if not torch.equal(mask.cpu(), li.condition_mask(lay, ["value"] * len(x))):
+                return x  # act's policy queries, for the actions
+            row = read(x, lay.frames("proprio", future=False)[0], "proprio")
+            future = read(x, lay.frames("proprio", future=True)[0], "proprio")
+            assert (future == np.minimum(row + lay.action_chunk, last[row])).all()  # the real s', a chunk on
+            chunk = li.unnormalize(li.read_action(x, lay), *stats["action"])[..., 0]  # (n, K) offsets
+            real = np.minimum(row[:, None] + np.arange(lay.action_chunk), last[row][:, None]) + 1 - row[:, None]
+            assert np.allclose(chunk.numpy(), real, atol=1e-3)  # the demonstrated chunk, as train.action_chunks
+            return li.inject_vectors(x, lay, value=torch.from_numpy(2 * value_of(row) - 1).float())
+        return sample
+
+    for value_of, auc in ((label, 1.0), (lambda row: 0.5 + 0 * row, 0.5)):
+        monkeypatch.setattr(plan.diffusion, "sample", fake_sample(value_of))
         out = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7)
         rows = np.concatenate([np.arange(30 - 8), 30 + np.arange(25 - 8)])  # the states scored
-        assert out["value_l1"] == pytest.approx(l1 if l1 is not None else np.abs(0.5 - label(rows)).mean(), abs=1e-6)
+        assert out["value_l1"] == pytest.approx(np.abs(value_of(rows) - label(rows)).mean(), abs=1e-5)
         assert out["value_auc"] == auc
 
 
