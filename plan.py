@@ -24,7 +24,7 @@ plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), 
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
 env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
 open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1],
-    value_l1[, value_auc]}: imitation and value error on demo or rollout states, no simulator.
+    value_l1, value_success_states[, value_auc]}: imitation and value error on demo or rollout states, no simulator.
 
 Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
 nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
@@ -338,7 +338,7 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
                    sample_spread_l1=float(np.abs(pred - mean).mean()))
     if "success" in data:
         value, label, won = true_future_values(p, data, rows, num_steps, seed, batch)
-        out["value_l1"] = float((value - label).abs().mean())
+        out.update(value_l1=float((value - label).abs().mean()), value_success_states=int(won.sum()))
         if won.any() and not won.all():
             higher = value[won][:, None] - value[~won][None]  # (successes, failures)
             out["value_auc"] = float((higher > 0).double().mean() + 0.5 * (higher == 0).double().mean())
