@@ -75,7 +75,7 @@ def test_lr_final_ends_the_policy_schedule_only(tmp_path, monkeypatch):
         finals.clear()
         train.train_loop(cfg, name, torch.nn.Linear(2, 1), 3, 1e-3, 4, lambda gen: torch.randn(4, 2, generator=gen),
                          lambda net, x, gen: (net(x).square().mean(), {}), {}, torch.device("cpu"))
-        assert finals and set(finals) == {0.3 if name in ("vae", "video") else 0.0}, name  # so lr_final leaves the bases
+        assert finals and set(finals) == {0.3 if name in ("vae", "video") else 0.0}, name  # the bases keep 0.3
 
 
 def test_episode_index_pads_chunks_and_labels_values():
