@@ -24,7 +24,8 @@ plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), 
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
 env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
 open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1],
-    value_l1, value_success_states[, value_auc]}: imitation and value error on demo or rollout states, no simulator.
+    value_l1, value_success_states, value_failure_states[, value_auc]}: imitation and value error on demo or
+    rollout states, no simulator.
 
 Full scale (the released nvidia/Cosmos-Policy-LIBERO-Predict2-2B files and the Wan2.1 tokenizer.pth of
 nvidia/Cosmos-Predict2-2B-Video2World), through the same act / plan_best_of_n / imagine:
@@ -317,9 +318,10 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     to it (their spread); an error well above the spread is a wrong mean, not sampling noise.
 
     The value is scored too, as planning queries it (true_future_values) but on the real chunk and future, against
-    the training label of the same state: value_l1, in [0, 1]. On rollouts (plan.py --collect_rollouts) holding both
-    outcomes, value_auc is the chance that a state of a success gets a higher value than one of a failure (0.5: the
-    value cannot tell them apart from what really happened, so it cannot rank imagined plans either)."""
+    the training label of the same state (value_l1, in [0, 1]), on up to n states of successful episodes and n of
+    failed ones. On rollouts (plan.py --collect_rollouts) holding both outcomes, value_auc is the chance that a state
+    of a success gets a higher value than one of a failure (0.5: the value cannot tell them apart from what really
+    happened, so it cannot rank imagined plans either)."""
     k, lens = action_steps, data["episode_len"]
     first = np.cumsum(lens) - lens
     ok = np.concatenate([f + np.arange(m - k) for f, m in zip(first, lens) if m > k])  # k real actions ahead
@@ -336,9 +338,14 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
         mean = pred.mean(0)  # (n, k, A)
         out.update(samples=samples, mean_of_samples_l1=float(np.abs(mean - targets).mean()),
                    sample_spread_l1=float(np.abs(pred - mean).mean()))
-    if "success" in data:
-        value, label, won = true_future_values(p, data, rows, num_steps, seed, batch)
-        out.update(value_l1=float((value - label).abs().mean()), value_success_states=int(won.sum()))
+    if "success" in data:  # successes' states are few in rollouts (short episodes): up to n of each outcome
+        won = np.repeat(np.asarray(data["success"], bool), lens)[ok]  # (len(ok),)
+        rng = np.random.default_rng(seed + 1)
+        vrows = np.concatenate([rng.choice(ok[won == w], min(n, int((won == w).sum())), replace=False)
+                                for w in (True, False)])
+        value, label, won = true_future_values(p, data, vrows, num_steps, seed, batch)
+        out.update(value_l1=float((value - label).abs().mean()), value_success_states=int(won.sum()),
+                   value_failure_states=int((~won).sum()))
         if won.any() and not won.all():
             higher = value[won][:, None] - value[~won][None]  # (successes, failures)
             out["value_auc"] = float((higher > 0).double().mean() + 0.5 * (higher == 0).double().mean())
