@@ -339,9 +339,9 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
         out.update(samples=samples, mean_of_samples_l1=float(np.abs(mean - targets).mean()),
                    sample_spread_l1=float(np.abs(pred - mean).mean()))
     if "success" in data:  # successes' states are few in rollouts (short episodes): up to n of each outcome
-        won = np.repeat(np.asarray(data["success"], bool), lens)[ok]  # (len(ok),)
+        ok_won = np.repeat(np.asarray(data["success"], bool), lens)[ok]  # (len(ok),)
         rng = np.random.default_rng(seed + 1)
-        vrows = np.concatenate([rng.choice(ok[won == w], min(n, int((won == w).sum())), replace=False)
+        vrows = np.concatenate([rng.choice(ok[ok_won == w], min(n, int((ok_won == w).sum())), replace=False)
                                 for w in (True, False)])
         value, label, won = true_future_values(p, data, vrows, num_steps, seed, batch)
         out.update(value_l1=float((value - label).abs().mean()), value_success_states=int(won.sum()),
@@ -360,9 +360,10 @@ def true_future_values(p, data, rows, num_steps=5, seed=0, batch=50):
     training labels (n,) mapped to [0, 1] the same way, and whether each state's episode succeeded (n,)."""
     dev, lay = p.vae.conv1.weight.device, p.layout
     every, fut, chunk_rows, to_go, success = train.episode_index(data, lay.action_chunk)
+    r = torch.as_tensor(rows)
     pos = torch.from_numpy(np.searchsorted(every.numpy(), rows))  # (n,) each row's place among all sample rows
-    assert torch.equal(every[pos], torch.as_tensor(rows)), "an episode's final row has no chunk to score"
-    r, f = every[pos], fut[pos]
+    assert torch.equal(every[pos], r), "an episode's final row has no chunk to score"
+    f = fut[pos]
     latent = train.encode_pseudo_videos(p.vae, lay, data, r, f, dev).to(dev).float()  # (n, C, T, H, W)
     proprio = li.normalize(torch.from_numpy(data["proprio"][:, :lay.proprio_dim]).to(dev), *p.stats["proprio"])
     chunk = li.normalize(train.action_chunks(data, r, chunk_rows[pos], p.relative_actions).to(dev), *p.stats["action"])

@@ -105,13 +105,12 @@ class TrainConfig:
         assert self.task in ("push_block", "push_t"), f"unknown task {self.task!r}"
         assert self.stage in ("all", "demos", "vae", "video", "policy", "eval"), f"unknown stage {self.stage!r}"
         assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
-        assert self.grad_accum >= 1, "grad_accum must be >= 1"
         assert 0.0 <= self.lr_final <= 1.0, f"lr_final {self.lr_final} must be in [0, 1] (a fraction of lr)"
         assert self.proprio_dim in (2, 4), f"proprio_dim {self.proprio_dim}: 2 (position) or 4 (and velocity)"
         assert not (self.average and self.select_episodes), "--average or --select_episodes: one way to pick weights"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
-        counts = ("n_demos", "n_play", "n_clips", "vae_steps", "video_steps", "policy_steps", "batch_size", "width",
-                  "blocks", "heads", "action_chunk", "log_every", "ckpt_every", "eval_episodes", "eval_steps")
+        counts = ("n_demos", "n_play", "n_clips", "vae_steps", "video_steps", "policy_steps", "batch_size", "grad_accum",
+                  "width", "blocks", "heads", "action_chunk", "log_every", "ckpt_every", "eval_episodes", "eval_steps")
         small = {k: getattr(self, k) for k in counts if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
         negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "select_episodes", "average")
