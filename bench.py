@@ -296,6 +296,9 @@ SECTIONS = {"env": bench_env, "expert": bench_expert, "dit": bench_dit, "policy"
 
 
 def main(names):
+    if {"-h", "--help"} & set(names):
+        print(__doc__)
+        return
     if set(names) - set(SECTIONS):
         sys.exit(f"unknown sections {sorted(set(names) - set(SECTIONS))}; choose from {list(SECTIONS)}")
     if hasattr(os, "sched_setaffinity") and not CUDA:  # on a GPU, torch.compile's workers need the other cores

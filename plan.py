@@ -39,7 +39,8 @@ The caller does LIBERO's environment quirks first, as the official run_libero_ev
 both camera images upside down (np.flipud), then JPEG-encode and decode them at quality 95 (the training images were
 JPEGs); proprio = [gripper qpos (2), eef pos (3), eef quat (4)]; the 16 actions go to env.step as they are.
 
-CLI: python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_of=8 --planning_ckpt=...]
+CLI (--help lists every option):
+     python plan.py --ckpt=runs/cpu_push_block/policy.pt --episodes=200 [--best_of=8 --planning_ckpt=...]
      python plan.py --ckpt="runs/<run>/policy_step*.pt" --episodes=200 [--last=5]   (train.py --keep_every=N)
      python plan.py --ckpt=... --open_loop=runs/cpu_push_block/demos.npz --episodes=200 --seed=0 [--samples=8]   (JSON)
      python plan.py --libero=DIR --instruction="put the bowl on the plate" --primary=a.png --wrist=b.png
@@ -81,19 +82,19 @@ VALIDATION_SEED = 300_000
 class PlanConfig:
     ckpt: str = ""  # policy checkpoint written by train.py (policy.pt)
     planning_ckpt: str = ""  # a planning model (train.py with rollouts) for futures and values; default: ckpt
-    episodes: int = 200
+    episodes: int = 200  # evaluation episodes; with --open_loop, states
     seed: int = 100_000  # evaluation seeds seed..seed+episodes-1; demos use seeds from 0, so these are held out
     num_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
     action_steps: int = 8  # actions executed per chunk before re-planning
     best_of: int = 1  # N candidates; 1 = the plain policy
     wm_steps: tuple = (1, 3, 5)  # one world-model sample per entry, with that many steps (official ALOHA planning)
     value_steps: tuple = (1, 2, 3, 4, 5)  # one value sample per entry and per world-model sample
-    # Environments stepped together. Small on purpose: on a CPU the DiT runs slower per sample in big batches (2 cores,
-    # best-of-4: 278 ms per environment and query at 50, 469 at 200); on a GPU raise it.
-    batch: int = 50
+    # Small on purpose: on a CPU the DiT runs slower per sample in big batches (2 cores, best-of-4: 278 ms per
+    # environment and query at 50, 469 at 200).
+    batch: int = 50  # environments stepped together; on a GPU raise it
     gifs: int = 0  # write a GIF for the first `gifs` episodes
     collect_rollouts: str = ""  # save every episode (successes and failures) to this .npz, in the demo format
-    device: str = "auto"
+    device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda ...
     libero: str = ""  # folder with the released LIBERO files (libero_files): one query instead of an evaluation
     instruction: str = ""  # --libero: a key of libero_t5_embeddings.pkl
     primary: str = ""  # --libero: third-person (agentview) image file, LIBERO quirks already applied
@@ -612,21 +613,44 @@ def libero_main(cfg):
                                                  if "best" in res else {})}))
 
 
-if __name__ == "__main__":
-    c = PlanConfig(**train.cli_overrides(sys.argv[1:], PlanConfig))
+def parse_args(argv):
+    """The command line as a PlanConfig, its files checked; bad or missing options raise AssertionError, and --help
+    prints every option with its default and exits."""
+    if train.HELP & set(argv):
+        print(train.cli_help(PlanConfig, PlanConfig(), "usage: python plan.py --ckpt=runs/<run>/policy.pt "
+                             "[--field=value ...] (see this file's docstring for the four ways to run it). Options:"))
+        sys.exit(0)
+    c = PlanConfig(**train.cli_overrides(argv, PlanConfig))
     if c.libero:
         assert c.instruction and c.primary and c.wrist and len(c.proprio) == 9, \
             "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"
+        libero_files(c.libero)
+        return c
+    assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
+    checkpoint_paths(c.ckpt)  # names what matches nothing
+    for flag in ("planning_ckpt", "open_loop"):
+        assert not getattr(c, flag) or os.path.isfile(getattr(c, flag)), f"--{flag}: no file {getattr(c, flag)}"
+    return c
+
+
+def main(c):
+    if c.libero:
         libero_main(c)
     elif c.open_loop:
-        assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt --open_loop=runs/<run>/demos.npz"
         pol = load_policy(c.ckpt, device_of(c))
         demos = sim_env.load_demos(c.open_loop, task=pol.task, image_size=pol.image_size)
         print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch, c.samples)))
     else:
-        assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
         ckpts = checkpoint_paths(c.ckpt)
         if len(ckpts) > 1:
             evaluate_checkpoints(ckpts, **{k: v for k, v in dataclasses.asdict(c).items() if k != "ckpt"})
         else:
             evaluate(**dataclasses.asdict(c))
+
+
+if __name__ == "__main__":
+    try:
+        config = parse_args(sys.argv[1:])
+    except AssertionError as e:  # a bad option is the user's to fix: its message, not a traceback
+        sys.exit(f"plan.py: {e}")
+    main(config)

@@ -27,7 +27,9 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -62,15 +64,15 @@ class TrainConfig:
     action_loss_multiplier: int = 1  # official option: weight of the action frame in the loss (paper configs: 1)
     demo_prob: float = 0.5  # share of policy samples; the rest are rollouts, half world-model, half value (paper)
     value_sprime: bool = False  # value samples see s' only, loss on the value frame (official ALOHA planning model)
-    device: str = "auto"
+    device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda | cuda:1 ...
     bf16: bool = False  # bf16 autocast (GPU)
     compile: bool = False  # torch.compile the DiT
     fsdp: bool = False  # under torchrun: shard the DiT with FSDP2 (per block) instead of DDP; for the 2B model
     grad_accum: int = 1  # micro-steps per optimizer step
     grad_checkpointing: bool = False  # recompute each DiT block in backward: activation memory for compute
     dit: str = "toy"  # toy (width/blocks/heads below) | cosmos_predict2_2b (the released architecture)
-    seed: int = 0
-    image_size: int = 64
+    seed: int = 0  # demos, VAE, video model and policy: every draw of a run
+    image_size: int = 64  # pixels per side, both cameras
     n_demos: int = 200  # expert episodes attempted; only successes are kept
     n_play: int = 200  # action-free episodes (a noisier expert) for video pretraining
     play_noise: float = 0.1  # expert target noise (table units): ~50% success, long episodes full of pushing
@@ -98,7 +100,7 @@ class TrainConfig:
     keep_every: int = 0  # > 0: also keep policy_step<N>.pt (planner_...) every N steps and the last (weights only)
     select_episodes: int = 0  # > 0: eval scores the kept checkpoints on this many validation seeds, then the pick
     average: int = 0  # > 0: eval scores the uniform average of the last N kept checkpoints' weights (<name>_avg.pt)
-    eval_episodes: int = 200
+    eval_episodes: int = 200  # the closing evaluation, on the held-out test seeds (plan.py, 100000 up)
     eval_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
 
     def __post_init__(self):
@@ -607,11 +609,30 @@ def cli_overrides(argv, cls, extra=()):
     return out
 
 
+def cli_help(cls, defaults, usage):
+    """The --help text: `usage`, then every field of the dataclass `cls` as --name=value, the value taken from
+    `defaults`, beside the comment that the field's definition carries."""
+    comments = dict(re.findall(r"^    (\w+): [^\n#]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    shown = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(cls)}
+    shown = {k: v if isinstance(v, str) else repr(v) for k, v in shown.items()}  # --task=push_t, as typed
+    return "\n".join([usage] + [f"  --{k}={v}".ljust(32) + " " + comments.get(k, "") for k, v in shown.items()])
+
+
+HELP = {"-h", "--help"}
+
+
 def parse_args(argv):
-    """`--preset=` picks the starting point (default cpu), then `--field=value` overrides its fields."""
-    kv = cli_overrides(argv, TrainConfig, extra=("preset",))
+    """`--preset=` picks the starting point (default cpu), then `--field=value` overrides its fields. Bad options
+    raise AssertionError; --help prints every option with the preset's value and exits."""
+    kv = cli_overrides([a for a in argv if a not in HELP], TrainConfig, extra=("preset",))
     preset = kv.pop("preset", "cpu")
     assert preset in ("smoke", "cpu", "gpu"), f"unknown preset {preset!r} (smoke | cpu | gpu)"
+    if HELP & set(argv):
+        print(cli_help(TrainConfig, getattr(TrainConfig, preset)(),
+                       "usage: python train.py [--preset=cpu|smoke|gpu] [--field=value ...]\n"
+                       "Runs the stages demos, vae, video, policy and eval into one run folder, resuming what is "
+                       f"there. Options, with the {preset} preset's values:"))
+        sys.exit(0)
     cfg = dataclasses.replace(getattr(TrainConfig, preset)(), **kv)
     cfg.run_dir = cfg.run_dir or f"runs/{preset}_{cfg.task}"
     return cfg
@@ -653,4 +674,8 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    try:
+        config = parse_args(sys.argv[1:])
+    except AssertionError as e:  # a bad option is the user's to fix: its message, not a traceback
+        sys.exit(f"train.py: {e}")
+    main(config)

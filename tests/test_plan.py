@@ -37,6 +37,23 @@ def test_plan_config_rejects_zero_counts_by_name(field):
         plan.PlanConfig(**{field: 0})
 
 
+def test_cli_checks_its_options_and_files_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        plan.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"--{f.name}=" in text for f in dataclasses.fields(plan.PlanConfig))
+    with pytest.raises(AssertionError, match="no checkpoint matches"):
+        plan.parse_args([f"--ckpt={tmp_path}/policy.pt"])
+    (tmp_path / "policy.pt").touch()
+    with pytest.raises(AssertionError, match="--open_loop: no file"):
+        plan.parse_args([f"--ckpt={tmp_path}/policy.pt", f"--open_loop={tmp_path}/demos.npz"])
+    with pytest.raises(AssertionError, match="usage"):
+        plan.parse_args(["--episodes=10"])
+    out = subprocess.run([sys.executable, "plan.py", f"--ckpt={tmp_path}/nothing*.pt"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and out.stderr.startswith("plan.py: no checkpoint matches") and "Traceback" not in out.stderr
+
+
 @pytest.fixture(scope="module")
 def policy(smoke_run):
     return plan.load_policy(smoke_run[0] / "policy.pt")

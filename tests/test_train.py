@@ -54,6 +54,23 @@ def test_parse_args_rejects_bad_values_before_any_work(arg, message):
         train.parse_args(["--preset=cpu", arg])
 
 
+def test_help_lists_every_option_with_the_presets_value_and_its_comment(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--preset=smoke", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "smoke preset's values" in text
+    assert all(f"--{f.name}=" in text for f in dataclasses.fields(train.TrainConfig))
+    assert "  --n_demos=3 " in text and "expert episodes attempted" in text  # the smoke value, not the default 200
+    assert "  --task=push_block " in text  # strings as typed on the command line, unquoted
+
+
+def test_a_bad_option_ends_the_cli_with_its_message_not_a_traceback():
+    out = subprocess.run([sys.executable, "train.py", "--batch_size=0"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip() == "train.py: {'batch_size': 0}: these must be >= 1"
+
+
 def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
     rates = [train.learning_rate(s, 1000, 2.0, 100, 0.3) for s in range(1000)]
     assert rates[0] == pytest.approx(0.02) and rates[99] == pytest.approx(2.0)  # (s + 1) / warmup
