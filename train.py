@@ -264,6 +264,23 @@ def save_atomic(obj, path):
 # ----------------------------------------------------------------------------- the one training loop
 
 
+# The options a stage's checkpoint is built from (its step count aside: raising it continues training); the data's
+# and the VAE's are checked once, at the VAE. A checkpoint already in the run folder is resumed or reused as it is,
+# whatever the command line now says, so a difference is reported: `--seed=1` in seed 0's folder would re-score seed 0.
+DIT_OPTIONS = ("dit", "width", "blocks", "heads", "action_chunk", "batch_size", "lr", "warmup", "weight_decay",
+               "grad_accum")
+BUILT_FROM = {"vae": ("task", "seed", "image_size", "n_demos", "n_play", "play_noise", "demo_explore", "vae", "vae_dim",
+                      "vae_dim_mult", "vae_batch", "vae_lr"),
+              "video": ("n_clips",) + DIT_OPTIONS,
+              "policy": ("init", "rollouts", "relative_actions", "proprio_dim", "action_quantile",
+                         "action_loss_multiplier", "demo_prob", "value_sprime", "lr_final") + DIT_OPTIONS}
+
+
+def changed_options(cfg, saved, stage):
+    """{option: (saved value, value now)} over BUILT_FROM[stage], for a checkpoint whose train_config is `saved`."""
+    return {k: (saved[k], getattr(cfg, k)) for k in BUILT_FROM[stage] if k in saved and saved[k] != getattr(cfg, k)}
+
+
 def learning_rate(step, steps, lr, warmup, final):
     """The rate of 0-based `step`: linear warm-up over `warmup` steps, then linear decay that would reach final * lr
     one step after the last (the official LambdaLinearScheduler's first cycle, final 0.3)."""
@@ -305,6 +322,11 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         ck = torch.load(path, map_location="cpu", weights_only=True)
         set_state_dict(model, opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"], options=full)
         step = ck["step"]
+        changed = changed_options(cfg, ck["train_config"], "policy" if fine_tune else name)
+        if changed and rank == 0:
+            then, now = (", ".join(f"{k}={v[i]!r}" for k, v in changed.items()) for i in (0, 1))
+            print(f"[{name}] WARNING: {path} was made with {then}, not {now}; it and the files around it are kept "
+                  f"as they are (a new --run_dir builds them anew)")
         if len(ck["rng"]) == world:
             gen.set_state(ck["rng"][rank])
         elif step < steps:

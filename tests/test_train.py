@@ -71,6 +71,18 @@ def test_a_bad_option_ends_the_cli_with_its_message_not_a_traceback():
     assert out.stderr.strip() == "train.py: {'batch_size': 0}: these must be >= 1"
 
 
+def test_a_checkpoint_made_with_other_options_is_reported_when_reused(smoke_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run)
+    common = ["--preset=smoke", f"--run_dir={run}", "--device=cpu"]
+    train.main(train.parse_args(common + ["--stage=video", "--vae_steps=9", "--video_steps=9"]))
+    assert "WARNING" not in capsys.readouterr().out  # more steps continue the same checkpoints: nothing to report
+    train.main(train.parse_args(common + ["--stage=policy", "--seed=1", "--init=scratch", "--lr=1e-3"]))
+    out = capsys.readouterr().out
+    assert f"[vae] WARNING: {run}/vae.pt was made with seed=0, not seed=1" in out  # once, at the VAE
+    assert f"[policy] WARNING: {run}/policy.pt was made with init='video', lr=0.0003, not init='scratch', lr=0.001" in out
+
+
 def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
     rates = [train.learning_rate(s, 1000, 2.0, 100, 0.3) for s in range(1000)]
     assert rates[0] == pytest.approx(0.02) and rates[99] == pytest.approx(2.0)  # (s + 1) / warmup
