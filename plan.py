@@ -59,6 +59,7 @@ import pickle
 import re
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -242,19 +243,37 @@ def wilson(k, n, z=1.96):
 
 
 def evaluate(ckpt, episodes=200, device="auto", **overrides):
-    """Roll out `episodes` seeded episodes, environments stepped together and queries batched. Prints one line."""
+    """Roll out `episodes` seeded episodes, environments stepped together and queries batched. Prints one line.
+    Finished batches are kept until the end (partial_results_path): the same call after a crash or Ctrl-C resumes."""
     cfg = PlanConfig(ckpt=ckpt, episodes=episodes, device=str(device), **overrides)
     dev = device_of(cfg)
     p = load_policy(cfg.ckpt, dev)
     planner = load_policy(cfg.planning_ckpt, dev) if cfg.planning_ckpt else p
     record = bool(cfg.gifs or cfg.collect_rollouts)
     results, rollouts, t0 = [], [], time.perf_counter()
-    batches = range(0, cfg.episodes, cfg.batch)
-    bar = tqdm(total=len(batches) * getattr(sim_env.EnvConfig, p.task)().max_steps, desc="evaluate", unit="step")
+    batches, max_steps = range(0, cfg.episodes, cfg.batch), getattr(sim_env.EnvConfig, p.task)().max_steps
+    partial = None if record else partial_results_path(cfg, dev)  # recorded episodes are not kept between runs
+    done = {}
+    if partial and os.path.exists(partial):
+        with open(partial) as f:
+            done = json.load(f)
+        print(f"resuming an interrupted evaluation: {sum(map(len, done.values()))} episodes done ({partial})")
+    bar = tqdm(total=len(batches) * max_steps, desc="evaluate", unit="step")
     for start in batches:  # the bar counts control steps of the batch in flight; every step is one of all envs
+        if str(start) in done:
+            results += done[str(start)]
+            bar.update(max_steps)
+            continue
         seeds = list(range(cfg.seed + start, cfg.seed + min(start + cfg.batch, cfg.episodes)))
         results += run_batch(cfg, p, planner, seeds, rollouts if record else None, start, bar)
+        if partial:
+            done[str(start)] = results[-len(seeds):]
+            with open(partial + ".tmp", "w") as f:
+                json.dump(done, f)
+            os.replace(partial + ".tmp", partial)
     bar.close()
+    if partial and os.path.exists(partial):
+        os.remove(partial)
     success = np.array([r["success"] for r in results])
     lo, hi = wilson(int(success.sum()), len(success))
     summary = {"task": p.task, "episodes": len(results), "success_rate": float(success.mean()), "ci95": [lo, hi],
@@ -270,6 +289,16 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     if cfg.collect_rollouts:
         sim_env.save_episodes(cfg.collect_rollouts, rollouts, p.task, p.image_size)
     return summary
+
+
+def partial_results_path(cfg, dev):
+    """Where an evaluation keeps its finished batches until it ends: beside the checkpoint, named by everything that
+    changes the outcome (the checkpoints' sizes and times too), so an interrupted run of the same command resumes
+    and any other starts anew."""
+    files = [cfg.ckpt] + [cfg.planning_ckpt] * bool(cfg.planning_ckpt)
+    key = dict(dataclasses.asdict(cfg), device=dev.type, files=[(os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                                                                 for f in files])
+    return f"{cfg.ckpt}.eval-{zlib.crc32(json.dumps(key, sort_keys=True).encode()):08x}.json"
 
 
 @functools.lru_cache

@@ -118,6 +118,33 @@ def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_ru
     assert planner.value_sprime and not plan.load_policy(run / "policy.pt").value_sprime
 
 
+def test_an_interrupted_evaluation_resumes_from_its_finished_batches(smoke_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run)
+    ckpt, kw = str(run / "policy.pt"), dict(episodes=3, batch=1, num_steps=1, action_steps=16)
+    straight = plan.evaluate(ckpt, **kw)
+    run_batch, calls, kill = plan.run_batch, [], [100_002]
+
+    def killed_once_in_the_third(cfg, p, planner, seeds, *args):
+        calls.append(seeds)
+        if seeds == kill:
+            kill.clear()
+            raise RuntimeError("killed")
+        return run_batch(cfg, p, planner, seeds, *args)
+    monkeypatch.setattr(plan, "run_batch", killed_once_in_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        plan.evaluate(ckpt, **kw)
+    assert len(list(run.glob("policy.pt.eval-*.json"))) == 1  # two batches kept
+    calls.clear()
+    resumed = plan.evaluate(ckpt, **kw)
+    assert calls == [[100_002]]  # only the batch that never finished runs again
+    assert {k: resumed[k] for k in ("success_rate", "mean_max_coverage")} == \
+        {k: straight[k] for k in ("success_rate", "mean_max_coverage")}
+    assert not list(run.glob("policy.pt.eval-*"))  # removed once the evaluation is whole
+    plan.evaluate(ckpt, **dict(kw, num_steps=2))
+    assert len(calls) == 4  # another setting reuses none of those batches
+
+
 def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy, smoke_run, monkeypatch):
     lens = np.array([12, 5, 20])  # the 5-row episode has no state with 8 real actions ahead
     ep = np.repeat(np.arange(3), lens)
