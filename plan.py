@@ -75,10 +75,6 @@ from dit import DiTConfig, load_dit
 import train
 from vae import VAEConfig, load_vae
 
-# Seeds for choosing among checkpoints (train.py --select_episodes); evaluation uses 100_000 up, demos 0 up.
-VALIDATION_SEED = 300_000
-
-
 @dataclass
 class PlanConfig:
     ckpt: str = ""  # policy checkpoint written by train.py (policy.pt)

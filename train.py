@@ -15,8 +15,7 @@ Stages (`--stage=all` runs them in order, skipping what is already done in the r
            action, future proprio, future wrist, future primary, value) encoded by the VAE, with proprio, action and
            value injected as latent frames. Batches mix 50% policy, 25% world-model and 25% value samples.
   eval   : plan.evaluate on held-out seeds. One run's checkpoints differ by tens of points (README), so with kept
-           checkpoints (--keep_every) it can evaluate the average of the last N's weights (--average=N, policy_avg.pt),
-           or the one best on E validation seeds (--select_episodes=E, plan.VALIDATION_SEED up; policy_best.pt).
+           checkpoints (--keep_every) it can evaluate the average of the last N's weights (--average=N, policy_avg.pt).
 
 Letters: B batch, C latent channels, T latent frames, H/W latent height/width, K chunk length, A action dim,
 P proprio dim, L text tokens, D text width. Checkpoints are plain dicts (config inside), written atomically; an
@@ -98,7 +97,6 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 500
     keep_every: int = 0  # > 0: also keep policy_step<N>.pt (planner_...) every N steps and the last (weights only)
-    select_episodes: int = 0  # > 0: eval scores the kept checkpoints on this many validation seeds, then the pick
     average: int = 0  # > 0: eval scores the uniform average of the last N kept checkpoints' weights (<name>_avg.pt)
     eval_episodes: int = 200  # the closing evaluation, on the held-out test seeds (plan.py, 100000 up)
     eval_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
@@ -109,13 +107,12 @@ class TrainConfig:
         assert self.dit in ("toy", "cosmos_predict2_2b"), f"unknown dit {self.dit!r}"
         assert 0.0 <= self.lr_final <= 1.0, f"lr_final {self.lr_final} must be in [0, 1] (a fraction of lr)"
         assert self.proprio_dim in (2, 4), f"proprio_dim {self.proprio_dim}: 2 (position) or 4 (and velocity)"
-        assert not (self.average and self.select_episodes), "--average or --select_episodes: one way to pick weights"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
         counts = ("n_demos", "n_play", "n_clips", "vae_steps", "video_steps", "policy_steps", "batch_size", "grad_accum",
                   "width", "blocks", "heads", "action_chunk", "log_every", "ckpt_every", "eval_episodes", "eval_steps")
         small = {k: getattr(self, k) for k in counts if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
-        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "select_episodes", "average")
+        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "average")
                     if getattr(self, k) < 0}
         assert not negative, f"{negative}: these must be >= 0"
         assert self.vae_batch >= 2 and self.vae_batch % 2 == 0, \
@@ -124,8 +121,8 @@ class TrainConfig:
         multiple = 2 ** len(self.vae_dim_mult)  # the VAE's spatial factor, 2^(levels - 1), times the DiT's 2x2 patch
         assert self.image_size % multiple == 0, \
             f"image_size {self.image_size} must be a multiple of {multiple} with vae_dim_mult {self.vae_dim_mult}"
-        assert not (self.average or self.select_episodes) or self.keep_every or self.stage != "all", \
-            "--average and --select_episodes choose among kept checkpoints: add --keep_every=N (or --average=0)"
+        assert not self.average or self.keep_every or self.stage != "all", \
+            "--average averages kept checkpoints: add --keep_every=N (or --average=0)"
         self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
         self.vae_dim_mult = tuple(self.vae_dim_mult)
 
@@ -296,9 +293,9 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     model is wrapped in DDP, or sharded with FSDP2 (`--fsdp=True`, per DiT block); each rank draws its own batches;
     `batch_size` is per rank and per micro-step, so the global batch is batch_size * world * grad_accum. With
     cfg.keep_every = N the policy's weights of every N-th step and the last also stay, as `<name>_step<N>.pt`, to
-    compare checkpoints (Diffusion Policy reports the best and the last k's mean), pick one on validation seeds
-    (select_checkpoint) or average the last few (average_checkpoints). No running EMA of the weights: the Cosmos Policy
-    configs keep none, and evaluating one lost points here (README, "Two things that did not help").
+    compare checkpoints (Diffusion Policy reports the best and the last k's mean: plan.evaluate_checkpoints) or
+    average the last few (average_checkpoints). No running EMA of the weights: the Cosmos Policy configs keep none,
+    and evaluating one lost points here (README, "Two things that did not help").
     """
     path = os.path.join(cfg.run_dir, f"{name}.pt")
     fine_tune = name in ("policy", "planner")
@@ -576,33 +573,15 @@ def stage_policy(cfg, vae, demos, emb, device):
                       diffusion_loss(emb, slots), extra, device)
 
 
-def kept_checkpoints(cfg, name, flag):
-    """The kept `<name>_step<N>.pt` paths in step order; `flag` names the option that needs them."""
-    import plan
-    kept = os.path.join(cfg.run_dir, f"{name}_step*.pt")
-    assert glob.glob(kept), f"--{flag} needs kept checkpoints ({kept}): train with --keep_every=N"
-    return plan.checkpoint_paths(kept)
-
-
-def select_checkpoint(cfg, name, device):
-    """The kept checkpoint that does best on validation seeds, copied to `<name>_best.pt` (its path is returned). The
-    test seeds never take part in the choice, so the test score of the pick stays honest."""
-    import plan
-    paths = kept_checkpoints(cfg, name, "select_episodes")
-    pick = plan.evaluate_checkpoints(paths, last=len(paths), episodes=cfg.select_episodes, seed=plan.VALIDATION_SEED,
-                                     num_steps=cfg.eval_steps, device=device)["best"]
-    best = os.path.join(cfg.run_dir, f"{name}_best.pt")
-    save_atomic(torch.load(pick, map_location="cpu", weights_only=True), best)
-    print(f"[select] {os.path.basename(pick)} did best on {cfg.select_episodes} validation episodes (seeds "
-          f"{plan.VALIDATION_SEED} up); copied to {best}; evaluating it on the test seeds")
-    return best
-
-
 def average_checkpoints(cfg, name):
     """The uniform average of the last `cfg.average` kept checkpoints' weights, as `<name>_avg.pt` (its path is
     returned; the rest of the dict is the last one's). Weights 800 steps apart succeed up to tens of points apart,
-    and their average scored between its two ends or above both (README), with no episodes spent on a choice."""
-    paths = kept_checkpoints(cfg, name, "average")[-cfg.average:]
+    and their average scored between its two ends or above both (README), with no episodes spent on a choice (the
+    checkpoint best on validation seeds did no better: README)."""
+    import plan
+    kept = os.path.join(cfg.run_dir, f"{name}_step*.pt")
+    assert glob.glob(kept), f"--average needs kept checkpoints ({kept}): train with --keep_every=N"
+    paths = plan.checkpoint_paths(kept)[-cfg.average:]  # in step order
     cks = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
     model = {k: sum(c["model"][k] for c in cks) / len(cks) if v.is_floating_point() else v
              for k, v in cks[-1]["model"].items()}
@@ -686,9 +665,7 @@ def main(cfg):
         import plan
         name = "planner" if cfg.rollouts else "policy"
         ckpt = os.path.join(cfg.run_dir, f"{name}.pt")
-        if cfg.select_episodes:
-            ckpt = select_checkpoint(cfg, name, device)
-        elif cfg.average:
+        if cfg.average:
             ckpt = average_checkpoints(cfg, name)
         plan.evaluate(ckpt, episodes=cfg.eval_episodes, num_steps=cfg.eval_steps, device=device)
     if world > 1:

@@ -40,9 +40,6 @@ def test_parse_args_rejects_unknown_and_malformed_options():
         train.parse_args(["--task", "push_t"])
     with pytest.raises(AssertionError, match="unknown task"):
         train.parse_args(["--task=push_x"])
-    with pytest.raises(AssertionError, match="one way to pick"):
-        train.parse_args(["--preset=smoke", "--select_episodes=50"])  # the smoke preset already averages
-    assert train.parse_args(["--preset=smoke", "--select_episodes=50", "--average=0"]).select_episodes == 50
 
 
 @pytest.mark.parametrize("arg, message", [("--batch_size=0", "batch_size"), ("--log_every=0", "log_every"),
@@ -263,32 +260,6 @@ def test_killed_run_resumes_with_the_same_state(smoke_run, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a["rng"], b["rng"]))
     for k, v in a["optimizer"]["state"].items():  # the AdamW moments came back too, not just the weights
         assert all(torch.equal(v[m], b["optimizer"]["state"][k][m]) for m in v), k
-
-
-def test_eval_scores_the_pick_of_the_validation_seeds_on_the_test_seeds(smoke_run, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    shutil.copytree(smoke_run[0], run, ignore=shutil.ignore_patterns("policy_*.pt"))
-    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run), stage="eval", select_episodes=7,
-                              average=0)
-    with pytest.raises(AssertionError, match="keep_every"):
-        train.main(cfg)
-    final = torch.load(run / "policy.pt", weights_only=True)
-    for step in (2, 4, 6):  # three checkpoints told apart by their weights
-        weights = {k: v for k, v in final.items() if k not in ("optimizer", "rng")}
-        torch.save(dict(weights, step=step, model={k: v + step for k, v in final["model"].items()}),
-                   run / f"policy_step{step}.pt")
-    calls = []
-
-    def fake_evaluate(ckpt, episodes, seed=plan.PlanConfig.seed, **kw):
-        calls.append((pathlib.Path(ckpt).name, episodes, seed))
-        return {"success_rate": 0.3 if ckpt.endswith("step4.pt") else 0.1, "ci95": [0.0, 1.0],
-                "mean_max_coverage": 0.2}
-    monkeypatch.setattr(plan, "evaluate", fake_evaluate)
-    train.main(cfg)
-    assert calls == [(f"policy_step{s}.pt", 7, plan.VALIDATION_SEED) for s in (2, 4, 6)] + \
-        [("policy_best.pt", cfg.eval_episodes, plan.PlanConfig.seed)]  # never a test seed in the choice
-    best = torch.load(run / "policy_best.pt", weights_only=True)
-    assert best["step"] == 4 and all(torch.equal(best["model"][k], v + 4) for k, v in final["model"].items())
 
 
 def test_eval_scores_the_average_of_the_last_kept_weights(smoke_run, tmp_path, monkeypatch):
