@@ -674,8 +674,4 @@ def main(c):
 
 
 if __name__ == "__main__":
-    try:
-        config = parse_args(sys.argv[1:])
-    except AssertionError as e:  # a bad option is the user's to fix: its message, not a traceback
-        sys.exit(f"plan.py: {e}")
-    main(config)
+    train.run_cli(parse_args, main, "plan.py")

@@ -622,6 +622,15 @@ def cli_help(cls, defaults, usage):
 HELP = {"-h", "--help"}
 
 
+def run_cli(parse, run, program):
+    """run(parse(command-line arguments)); a bad option, the user's to fix, ends it with its message, not a traceback."""
+    try:
+        config = parse(sys.argv[1:])
+    except AssertionError as e:
+        sys.exit(f"{program}: {e}")
+    run(config)
+
+
 def parse_args(argv):
     """`--preset=` picks the starting point (default cpu), then `--field=value` overrides its fields. Bad options
     raise AssertionError; --help prints every option with the preset's value and exits."""
@@ -673,8 +682,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    try:
-        config = parse_args(sys.argv[1:])
-    except AssertionError as e:  # a bad option is the user's to fix: its message, not a traceback
-        sys.exit(f"train.py: {e}")
-    main(config)
+    run_cli(parse_args, main, "train.py")
