@@ -47,6 +47,7 @@ CLI (--help lists every option):
                     --proprio="[9 floats]" [--best_of=8 --seed=195 --out=DIR]   (prints JSON, writes future PNGs)
 """
 import collections
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -264,12 +265,14 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
         results += run_batch(cfg, p, planner, seeds, rollouts if record else None, start, bar)
         if partial:
             done[str(start)] = results[-len(seeds):]
-            with open(partial + ".tmp", "w") as f:
+            tmp = f"{partial}.{os.getpid()}.tmp"  # the same command run twice at once writes the same results
+            with open(tmp, "w") as f:
                 json.dump(done, f)
-            os.replace(partial + ".tmp", partial)
+            os.replace(tmp, partial)
     bar.close()
-    if partial and os.path.exists(partial):
-        os.remove(partial)
+    if partial:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
     success = np.array([r["success"] for r in results])
     lo, hi = wilson(int(success.sum()), len(success))
     summary = {"task": p.task, "episodes": len(results), "success_rate": float(success.mean()), "ci95": [lo, hi],
