@@ -419,23 +419,23 @@ _FIXED_OFFICIAL_KWARGS = {
 @dataclasses.dataclass
 class DiTConfig:
     max_img_h: int = 240  # in latent pixels; RoPE positions go up to max_img_h // patch_spatial
-    max_img_w: int = 240
+    max_img_w: int = 240  # the same for the width
     max_frames: int = 128  # latent frames
     in_channels: int = 16  # latent channels; DiT adds the condition-mask (and padding-mask) channel itself
-    out_channels: int = 16
-    patch_spatial: int = 2
-    patch_temporal: int = 1
-    concat_padding_mask: bool = True
-    model_channels: int = 2048
-    num_blocks: int = 28
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
+    out_channels: int = 16  # channels of the predicted velocity
+    patch_spatial: int = 2  # a token is patch_spatial x patch_spatial latent pixels
+    patch_temporal: int = 1  # and this many latent frames
+    concat_padding_mask: bool = True  # an all-zero padding-mask input channel, as the official model has
+    model_channels: int = 2048  # hidden width
+    num_blocks: int = 28  # transformer blocks
+    num_heads: int = 16  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / model_channels
     crossattn_emb_channels: int = 1024  # T5-11B hidden width
-    use_adaln_lora: bool = True
-    adaln_lora_dim: int = 256
-    rope_h_extrapolation_ratio: float = 3.0
-    rope_w_extrapolation_ratio: float = 3.0
-    rope_t_extrapolation_ratio: float = 1.0
+    use_adaln_lora: bool = True  # per-block low-rank AdaLN modulation beside a shared timestep MLP (always, officially)
+    adaln_lora_dim: int = 256  # its rank
+    rope_h_extrapolation_ratio: float = 3.0  # NTK-scaled RoPE: theta = 10000 * ratio ** (d / (d - 2)) along h
+    rope_w_extrapolation_ratio: float = 3.0  # along w
+    rope_t_extrapolation_ratio: float = 1.0  # along t (1: plain RoPE)
     timestep_scale: float = 1.0  # multiplies t before the sinusoid; 1.0 for the rectified-flow 2B
     grad_checkpointing: bool = False  # not official: recompute each block in backward (training only)
 

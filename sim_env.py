@@ -56,15 +56,15 @@ class EnvConfig:
     success_coverage: float         # success when coverage > this; reward = clip(coverage / this, 0, 1)
     max_steps: int                  # episode limit in control steps
     goal_scale: float = 1.0         # the goal region is the block's shape scaled by this about its centroid
-    pusher_radius: float = 15 / 512
+    pusher_radius: float = 15 / 512  # Push-T's 15 px of a 512 px table, in table units
     kp: float = 100.0               # Push-T's PD gains: critically damped at 10 rad/s
-    kv: float = 20.0
+    kv: float = 20.0                # (damping)
     max_speed: float = 2.0          # units/s
-    control_hz: float = 10.0
-    substeps: int = 10
+    control_hz: float = 10.0        # actions per second
+    substeps: int = 10              # physics steps per action
     block_init: tuple = (0.2, 0.8)  # block centroid drawn uniformly in [lo, hi]^2
-    pusher_init: tuple = (0.1, 0.9)
-    image_size: int = 64
+    pusher_init: tuple = (0.1, 0.9)  # pusher start drawn uniformly in [lo, hi]^2
+    image_size: int = 64            # pixels per side of both cameras
     wrist_fov: float = 1 / 3        # wrist window width in table units
 
     @classmethod

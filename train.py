@@ -78,24 +78,24 @@ class TrainConfig:
     demo_explore: float = 0.0  # DART: noise on the demos' executed targets, recorded clean (sim_env.collect_demos)
     n_clips: int = 4000  # 33-frame video clips encoded for pretraining
     vae: str = ""  # path to the official Wan2.1 tokenizer.pth: use it instead of training a VAE (with --dit=...2b)
-    vae_dim: int = 8
+    vae_dim: int = 8  # the VAE's base channel width (Wan2.1: 96)
     vae_dim_mult: tuple = (1, 2, 4, 4)  # Wan2.1's; (1, 2, 4) keeps a 4x finer latent grid (x4 in space, not x8)
     width: int = 128  # DiT model_channels
-    blocks: int = 4
-    heads: int = 4
+    blocks: int = 4  # DiT blocks
+    heads: int = 4  # DiT attention heads
     action_chunk: int = 16  # K; plan.py executes the first `action_steps` of each chunk
-    vae_steps: int = 2000
+    vae_steps: int = 2000  # VAE training steps
     vae_batch: int = 8  # 9-frame clips; the VAE, not the DiT, dominates CPU time
-    vae_lr: float = 3e-3
-    video_steps: int = 2000
-    policy_steps: int = 4000
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup: int = 200
+    vae_lr: float = 3e-3  # the VAE's peak learning rate
+    video_steps: int = 2000  # video pretraining steps
+    policy_steps: int = 4000  # policy (or planner) steps; raising it continues a finished run
+    batch_size: int = 32  # DiT samples per process and micro-step (the global batch: x processes x grad_accum)
+    lr: float = 3e-4  # the DiT's peak learning rate (AdamW)
+    warmup: int = 200  # linear warm-up steps, at most a tenth of a stage's steps
     lr_final: float = 0.3  # the policy's linear decay ends at lr_final x lr (official LambdaLinearScheduler: 0.3)
     weight_decay: float = 0.1  # the official AdamW applies it to every parameter
-    log_every: int = 100
-    ckpt_every: int = 500
+    log_every: int = 100  # steps between loss prints (each the mean since the last)
+    ckpt_every: int = 500  # steps between checkpoints (also at the end and on Ctrl-C or SIGTERM)
     keep_every: int = 0  # > 0: also keep policy_step<N>.pt (planner_...) every N steps and the last (weights only)
     average: int = 0  # > 0: eval scores the uniform average of the last N kept checkpoints' weights (<name>_avg.pt)
     eval_episodes: int = 200  # the closing evaluation, on the held-out test seeds (plan.py, 100000 up)
@@ -108,8 +108,9 @@ class TrainConfig:
         assert 0.0 <= self.lr_final <= 1.0, f"lr_final {self.lr_final} must be in [0, 1] (a fraction of lr)"
         assert self.proprio_dim in (2, 4), f"proprio_dim {self.proprio_dim}: 2 (position) or 4 (and velocity)"
         assert self.action_loss_multiplier >= 1, "action_loss_multiplier must be >= 1 (official: an integer upweight)"
-        counts = ("n_demos", "n_play", "n_clips", "vae_steps", "video_steps", "policy_steps", "batch_size", "grad_accum",
-                  "width", "blocks", "heads", "action_chunk", "log_every", "ckpt_every", "eval_episodes", "eval_steps")
+        counts = ("n_demos", "n_play", "n_clips", "vae_steps", "video_steps", "policy_steps", "batch_size",
+                  "grad_accum", "width", "blocks", "heads", "action_chunk", "log_every", "ckpt_every", "eval_episodes",
+                  "eval_steps")
         small = {k: getattr(self, k) for k in counts if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
         negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "average")
@@ -623,7 +624,7 @@ HELP = {"-h", "--help"}
 
 
 def run_cli(parse, run, program):
-    """run(parse(command-line arguments)); a bad option, the user's to fix, ends it with its message, not a traceback."""
+    """run(parse(command-line arguments)); a bad option, the user's to fix, ends it with its message, no traceback."""
     try:
         config = parse(sys.argv[1:])
     except AssertionError as e:

@@ -66,9 +66,9 @@ class VAEConfig:
     attn_scales: tuple[float, ...] = ()  # resolutions (1.0 = input) that get extra attention blocks
     # Official spelling, kept so that the official constructor kwargs map onto this config one to one.
     temperal_downsample: tuple[bool, ...] = (False, True, True)  # which spatial downsamples also halve time
-    dropout: float = 0.0
-    latent_mean: tuple[float, ...] = WAN21_LATENT_MEAN
-    latent_std: tuple[float, ...] = WAN21_LATENT_STD
+    dropout: float = 0.0  # in the residual blocks (the official checkpoints: 0)
+    latent_mean: tuple[float, ...] = WAN21_LATENT_MEAN  # per-channel mean (Z,) subtracted from the encoder's mu
+    latent_std: tuple[float, ...] = WAN21_LATENT_STD  # per-channel std (Z,) it is then divided by (toy: measured)
 
     def __post_init__(self):
         # JSON and kwargs give lists; tuples keep the config hashable and make asdict -> VAEConfig(**d) round-trip.

@@ -51,7 +51,8 @@ def test_cli_checks_its_options_and_files_before_any_work(tmp_path, capsys):
         plan.parse_args(["--episodes=10"])
     out = subprocess.run([sys.executable, "plan.py", f"--ckpt={tmp_path}/nothing*.pt"], cwd=ROOT, capture_output=True,
                          text=True)
-    assert out.returncode == 1 and out.stderr.startswith("plan.py: no checkpoint matches") and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("plan.py: no checkpoint matches")
 
 
 @pytest.fixture(scope="module")

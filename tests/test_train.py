@@ -77,7 +77,8 @@ def test_a_checkpoint_made_with_other_options_is_reported_when_reused(smoke_run,
     train.main(train.parse_args(common + ["--stage=policy", "--seed=1", "--init=scratch", "--lr=1e-3"]))
     out = capsys.readouterr().out
     assert f"[vae] WARNING: {run}/vae.pt was made with seed=0, not seed=1" in out  # once, at the VAE
-    assert f"[policy] WARNING: {run}/policy.pt was made with init='video', lr=0.0003, not init='scratch', lr=0.001" in out
+    assert (f"[policy] WARNING: {run}/policy.pt was made with init='video', lr=0.0003, not init='scratch', lr=0.001"
+            in out)
 
 
 def test_learning_rate_warms_up_then_decays_linearly_to_lr_final():
