@@ -474,7 +474,7 @@ def write_gif(cfg, p, trace, seed, success, scale=3):
         current = queries.get(t, current)
         canvas = Image.new("RGB", (6 * s, s + 28), "white")
         draw = ImageDraw.Draw(canvas)
-        for j, label in enumerate(("now", "imagined t+K", "real t+K")):
+        for j, label in enumerate(("now: primary, wrist", "imagined t+K", "real t+K")):
             draw.text((2 * j * s + 2, 14), label, fill="black")
         for c, cam in enumerate(("primary", "wrist")):
             canvas.paste(big(obs[cam][t]), (c * s, 28))
