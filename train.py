@@ -19,7 +19,8 @@ Stages (`--stage=all` runs them in order, skipping what is already done in the r
 
 Letters: B batch, C latent channels, T latent frames, H/W latent height/width, K chunk length, A action dim,
 P proprio dim, L text tokens, D text width. Checkpoints are plain dicts (config inside), written atomically; an
-interrupted run (Ctrl-C, SIGTERM) saves its exact state and `python train.py` with the same flags resumes it.
+interrupted run (Ctrl-C, SIGTERM) saves its exact state and `python train.py` with the same flags resumes it. Each
+stage's logged losses are kept in its checkpoint and drawn into <stage>_loss.png (plot_history).
 """
 import ast
 import contextlib
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 from einops import rearrange
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
@@ -315,11 +316,11 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches, sigmas and noise: saved, so resume is exact
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    step = 0
+    step, history = 0, []  # history: one {"step", loss, parts...} per log print, drawn into <name>_loss.png
     if os.path.exists(path):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         set_state_dict(model, opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"], options=full)
-        step = ck["step"]
+        step, history = ck["step"], ck.get("history", [])
         changed = changed_options(cfg, ck["train_config"], "policy" if fine_tune else name)
         if changed and rank == 0:
             then, now = (", ".join(f"{k}={v[i]!r}" for k, v in changed.items()) for i in (0, 1))
@@ -340,7 +341,9 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
             dist.all_gather_object(rngs, gen.get_state())
         if rank == 0:
             weights = {"model": model_sd, "step": s, "done": s >= steps, "train_config": asdict(cfg), **extra}
-            save_atomic({**weights, "optimizer": opt_sd, "rng": rngs}, path)
+            save_atomic({**weights, "optimizer": opt_sd, "rng": rngs, "history": history}, path)
+            if history:
+                plot_history(history, path.removesuffix(".pt") + "_loss.png")
             if keep and (s % cfg.keep_every == 0 or s >= steps):  # the last weights too, for a choice or an average
                 save_atomic(weights, path.removesuffix(".pt") + f"_step{s}.pt")
 
@@ -373,6 +376,7 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         if (step + 1) % cfg.log_every == 0 and rank == 0:
             tqdm.write(f"[{name}] step {step + 1} " + " ".join(f"{k} {v:.4f}" for k, v in log.items())
                        + f" lr {rate:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
+            history.append({"step": step + 1, **log})
             t0, seen, log = time.perf_counter(), 0, {}
         if world > 1:
             dist.all_reduce(stop)  # a signal seen by one rank stops all of them at the same step
@@ -392,6 +396,27 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         assert len(set(digests)) == 1, f"[{name}] ranks ended with different weights: {digests}"
         print(f"[{name}] rank {rank}: weights identical on all {world} ranks ({digest[:12]})")
     return model.eval()
+
+
+def plot_history(history, path, width=240, height=150, columns=4):
+    """The logged losses against the step, one log-scale panel per quantity, `columns` to a row -> PNG."""
+    keys = [k for k in history[0] if k != "step"]
+    rows = -(-len(keys) // columns)
+    img = Image.new("RGB", (width * min(columns, len(keys)), height * rows), "white")
+    draw = ImageDraw.Draw(img)
+    steps = np.array([h["step"] for h in history], float)
+    x = 10 + (width - 20) * (steps - steps[0]) / max(1.0, steps[-1] - steps[0])  # (N,) pixels within a panel
+    for i, k in enumerate(keys):
+        left, top, bottom = width * (i % columns), height * (i // columns) + 30, height * (i // columns + 1) - 20
+        y = np.log10(np.maximum([h.get(k, np.nan) for h in history], 1e-9))  # (N,)
+        lo, hi = np.nanmin(y), np.nanmax(y) + 1e-9
+        draw.rectangle([left + 10, top, left + width - 10, bottom], outline="grey")
+        draw.line([(left + a, bottom - (bottom - top) * (b - lo) / (hi - lo)) for a, b in zip(x, y)], fill="blue",
+                  width=2)
+        draw.text((left + 10, top - 28), f"{k}: last {history[-1].get(k, np.nan):.4g}", fill="black")
+        draw.text((left + 10, top - 15), f"log scale, {10 ** lo:.3g} to {10 ** hi:.3g}", fill="grey")
+        draw.text((left + 10, bottom + 4), f"steps {int(steps[0])} to {int(steps[-1])}", fill="grey")
+    img.save(path)
 
 
 # ----------------------------------------------------------------------------- stages

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import latent_injection as li
 import plan
@@ -103,6 +104,25 @@ def test_lr_final_ends_the_policy_schedule_only(tmp_path, monkeypatch):
         train.train_loop(cfg, name, torch.nn.Linear(2, 1), 3, 1e-3, 4, lambda gen: torch.randn(4, 2, generator=gen),
                          lambda net, x, gen: (net(x).square().mean(), {}), {}, torch.device("cpu"))
         assert finals and set(finals) == {0.3 if name in ("vae", "video") else 0.0}, name  # the bases keep 0.3
+
+
+def test_logged_losses_are_kept_across_a_resume_and_drawn(tmp_path):
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(tmp_path), log_every=5, ckpt_every=5)
+    target = torch.tensor([[2.0], [-3.0]])  # (2, 1): a regression that a Linear fits
+
+    def run(steps):
+        train.train_loop(cfg, "video", torch.nn.Linear(2, 1), steps, 0.2, 8,
+                         lambda gen: torch.randn(8, 2, generator=gen),
+                         lambda net, x, gen: ((net(x) - x @ target).square().mean(), {"half": torch.tensor(0.5)}), {},
+                         torch.device("cpu"))
+        return torch.load(tmp_path / "video.pt", weights_only=True)["history"]
+    first = run(40)
+    assert [h["step"] for h in first] == list(range(5, 45, 5)) and first[-1]["loss"] < first[0]["loss"] / 4
+    assert first[0]["half"] == pytest.approx(0.5)  # each entry is the mean over its log_every steps
+    more = run(60)
+    assert more[:8] == first and [h["step"] for h in more[8:]] == [45, 50, 55, 60]  # continued, not restarted
+    picture = Image.open(tmp_path / "video_loss.png")
+    assert picture.size == (2 * 240, 150)  # one panel per logged quantity: loss and half
 
 
 def test_episode_index_pads_chunks_and_labels_values():
