@@ -203,24 +203,22 @@ def action_chunks(data, rows, chunk_rows, relative):
 
 
 @torch.no_grad()
-def encode_pseudo_videos(vae, layout, data, rows, fut, device, batch=8):
+def encode_pseudo_videos(vae, layout, data, rows, fut, device, batch=8, partial=None):
     """VAE latents (N, C, T, H, W) of each sample's pseudo-video: current images at `rows`, future ones at `fut`.
 
     Batches of 8, not more: on CPU, bigger ones spend more time in the kernel's page faults than in convolutions
     (256 samples on 2 cores: 7.1 s at batch 32, 3.4 s at 8, the same latents bit for bit).
     """
-    out = []
-    for i in tqdm(range(0, len(rows), batch), desc="encode pseudo-videos", leave=False):
-        r, f = rows[i:i + batch].numpy(), fut[i:i + batch].numpy()
+    def video(i, j):
+        r, f = rows[i:j].numpy(), fut[i:j].numpy()
         images = {"wrist": data["wrist"][r], "primary": data["primary"][r],
                   "future_wrist": data["wrist"][f], "future_primary": data["primary"][f]}
-        video = li.raw_frames(layout, {k: torch.from_numpy(v).to(device) for k, v in images.items()})
-        out.append(vae.encode(video).half().cpu())
-    return torch.cat(out)  # (N, C, T, H, W)
+        return li.raw_frames(layout, {k: torch.from_numpy(v).to(device) for k, v in images.items()})
+    return encode_batches(vae, len(rows), batch, video, "encode pseudo-videos", partial)  # (N, C, T, H, W)
 
 
 @torch.no_grad()
-def encode_clips(vae, data, n_clips, frames, device, gen, batch=8):
+def encode_clips(vae, data, n_clips, frames, device, gen, batch=8, partial=None):
     """VAE latents of `n_clips` random windows of `frames` consecutive real frames of either camera."""
     lens = torch.as_tensor(data["episode_len"])
     starts = torch.cat([torch.arange(s, s + n - frames + 1) for s, n in zip(torch.cumsum(lens, 0) - lens, lens)
@@ -228,12 +226,32 @@ def encode_clips(vae, data, n_clips, frames, device, gen, batch=8):
     assert len(starts), f"no episode has {frames} frames for video pretraining"
     pick = starts[torch.randint(len(starts), (n_clips,), generator=gen)]
     cams = torch.randint(2, (n_clips,), generator=gen)
-    out = []
-    for i in tqdm(range(0, n_clips, batch), desc="encode video clips", leave=False):
-        idx = (pick[i:i + batch, None] + torch.arange(frames)).numpy()  # (b, F) rows
-        clip = np.stack([data[("wrist", "primary")[c]][r] for c, r in zip(cams[i:i + batch].tolist(), idx)])
-        video = torch.from_numpy(clip).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, F, S, S)
-        out.append(vae.encode(video).half().cpu())
+
+    def video(i, j):
+        idx = (pick[i:j, None] + torch.arange(frames)).numpy()  # (b, F) rows
+        clip = np.stack([data[("wrist", "primary")[c]][r] for c, r in zip(cams[i:j].tolist(), idx)])
+        return torch.from_numpy(clip).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (b, 3, F, S, S)
+    return encode_batches(vae, n_clips, batch, video, "encode video clips", partial)  # (N, C, T, H, W)
+
+
+@torch.no_grad()
+def encode_batches(vae, n, batch, video, desc, partial=None):
+    """torch.cat of vae.encode(video(i, j)), in half precision on the CPU, over the slices [i, j) of range(n), `batch`
+    at a time. With `partial`, the finished batches are saved there each minute and on an interruption, and the next
+    call resumes from them: an encode of many minutes loses at most one."""
+    out = torch.load(partial, weights_only=True) if partial and os.path.exists(partial) else []
+    saved = time.perf_counter()
+    try:
+        for i in tqdm(range(len(out) * batch, n, batch), initial=len(out), total=-(-n // batch), desc=desc,
+                      leave=False):
+            out.append(vae.encode(video(i, min(i + batch, n))).half().cpu())
+            if partial and time.perf_counter() - saved > 60:
+                save_atomic(out, partial)
+                saved = time.perf_counter()
+    except BaseException:  # Ctrl-C too: keep what is done, then stop as asked
+        if partial:
+            save_atomic(out, partial)
+        raise
     return torch.cat(out)
 
 
@@ -245,10 +263,13 @@ def rank_world():
 
 
 def cached(path, make):
-    """Load `path`, building it first with `make()` (rank 0 only) if absent: an encode is never done twice."""
+    """Load `path`, building it first with `make(partial)` (rank 0 only) if absent: an encode is never done twice,
+    and an interrupted one resumes from `<path>.partial` (encode_batches)."""
     rank, world = rank_world()
     if rank == 0 and not os.path.exists(path):
-        save_atomic(make(), path)
+        save_atomic(make(f"{path}.partial"), path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{path}.partial")
     if world > 1:
         dist.barrier()
     return torch.load(path, weights_only=True)
@@ -519,8 +540,8 @@ def stage_video(cfg, vae, demos, play, emb, device):
     frames = 1 + 4 * (li.Layout.toy(action_chunk=cfg.action_chunk).num_frames - 1)  # 33 raw frames
     both = {k: np.concatenate([demos[k], play[k]]) for k in ("wrist", "primary")}
     both["episode_len"] = np.concatenate([demos["episode_len"], play["episode_len"]])
-    clips = cached(os.path.join(cfg.run_dir, "video_latents.pt"), lambda: encode_clips(
-        vae, both, cfg.n_clips, frames, device, torch.Generator().manual_seed(cfg.seed)))
+    clips = cached(os.path.join(cfg.run_dir, "video_latents.pt"), lambda partial: encode_clips(
+        vae, both, cfg.n_clips, frames, device, torch.Generator().manual_seed(cfg.seed), partial=partial))
     model = DiT(dit_config(cfg)).to(device)
 
     def make_batch(gen):
@@ -540,8 +561,8 @@ def stage_policy(cfg, vae, demos, emb, device):
     for i, data in enumerate(sources):
         rows, fut, chunk_rows, to_go, success = episode_index(data, layout.action_chunk)
         name = "demo_latents.pt" if i == 0 else f"rollout{i}_latents_{zlib.crc32(cfg.rollouts[i - 1].encode())}.pt"
-        table["latent"].append(cached(os.path.join(cfg.run_dir, name),
-                                      lambda: encode_pseudo_videos(vae, layout, data, rows, fut, device)))
+        table["latent"].append(cached(os.path.join(cfg.run_dir, name), lambda partial: encode_pseudo_videos(
+            vae, layout, data, rows, fut, device, partial=partial)))
         proprio = torch.from_numpy(data["proprio"][:, :layout.proprio_dim])  # (R, P)
         chunks = action_chunks(data, rows, chunk_rows, cfg.relative_actions)
         if i == 0:  # the demos set the ranges; rollouts are normalised with them

@@ -125,6 +125,34 @@ def test_logged_losses_are_kept_across_a_resume_and_drawn(tmp_path):
     assert picture.size == (2 * 240, 150)  # one panel per logged quantity: loss and half
 
 
+def test_an_interrupted_encode_resumes_from_its_finished_batches(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run_dir))
+    demos, play = train.stage_demos(cfg)
+    vae = train.stage_vae(cfg, demos, play, torch.device("cpu"))
+    layout = li.Layout.toy(action_chunk=cfg.action_chunk, proprio_dim=cfg.proprio_dim)
+    rows, fut = (x[:7] for x in train.episode_index(demos, layout.action_chunk)[:2])
+    straight = train.encode_pseudo_videos(vae, layout, demos, rows, fut, torch.device("cpu"), batch=2)
+    encode, calls = vae.encode, []
+
+    def killed_in_the_third_batch(video):
+        calls.append(video.shape[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return encode(video)
+    vae.encode = killed_in_the_third_batch
+    path = tmp_path / "latents.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train.cached(str(path), lambda partial: train.encode_pseudo_videos(vae, layout, demos, rows, fut,
+                                                                          torch.device("cpu"), 2, partial))
+    assert len(torch.load(f"{path}.partial", weights_only=True)) == 2 and not path.exists()
+    calls.clear()
+    resumed = train.cached(str(path), lambda partial: train.encode_pseudo_videos(vae, layout, demos, rows, fut,
+                                                                                torch.device("cpu"), 2, partial))
+    assert calls == [2, 1]  # the third batch again and the ragged last one: the first two were kept
+    assert torch.equal(resumed, straight) and not list(tmp_path.glob("*.partial"))
+
+
 def test_episode_index_pads_chunks_and_labels_values():
     data = {"episode_len": [4, 3], "success": [True, False]}  # rows 0-3 and 4-6; rows 3 and 6 are final frames
     rows, fut, chunk_rows, to_go, success = train.episode_index(data, chunk=2)
