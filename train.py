@@ -393,11 +393,12 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
         opt.step()
         seen += batch_size * cfg.grad_accum * world
         for k, v in {"loss": loss.detach(), **parts}.items():
-            log[k] = log.get(k, 0.0) + float(v) / cfg.log_every
+            log.setdefault(k, []).append(float(v))
         if (step + 1) % cfg.log_every == 0 and rank == 0:
-            tqdm.write(f"[{name}] step {step + 1} " + " ".join(f"{k} {v:.4f}" for k, v in log.items())
+            means = {k: sum(v) / len(v) for k, v in log.items()}  # since the last print, or since a resume
+            tqdm.write(f"[{name}] step {step + 1} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
                        + f" lr {rate:.2e} {seen / (time.perf_counter() - t0):.0f} samples/s")
-            history.append({"step": step + 1, **log})
+            history.append({"step": step + 1, **means})
             t0, seen, log = time.perf_counter(), 0, {}
         if world > 1:
             dist.all_reduce(stop)  # a signal seen by one rank stops all of them at the same step
