@@ -247,29 +247,23 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     p = load_policy(cfg.ckpt, dev)
     planner = load_policy(cfg.planning_ckpt, dev) if cfg.planning_ckpt else p
     record = bool(cfg.gifs or cfg.collect_rollouts)
-    results, rollouts, t0 = [], [], time.perf_counter()
+    rollouts, t0 = [], time.perf_counter()
     batches, max_steps = range(0, cfg.episodes, cfg.batch), getattr(sim_env.EnvConfig, p.task)().max_steps
     partial = None if record else partial_results_path(cfg, dev)  # recorded episodes are not kept between runs
-    done = {}
-    if partial and os.path.exists(partial):
-        with open(partial) as f:
-            done = json.load(f)
+    done = torch.load(partial, weights_only=True) if partial and os.path.exists(partial) else {}  # start -> results
+    if done:
         print(f"resuming an interrupted evaluation: {sum(map(len, done.values()))} episodes done ({partial})")
     bar = tqdm(total=len(batches) * max_steps, desc="evaluate", unit="step")
     for start in batches:  # the bar counts control steps of the batch in flight; every step is one of all envs
-        if str(start) in done:
-            results += done[str(start)]
+        if start in done:
             bar.update(max_steps)
             continue
         seeds = list(range(cfg.seed + start, cfg.seed + min(start + cfg.batch, cfg.episodes)))
-        results += run_batch(cfg, p, planner, seeds, rollouts if record else None, start, bar)
+        done[start] = run_batch(cfg, p, planner, seeds, rollouts if record else None, start, bar)
         if partial:
-            done[str(start)] = results[-len(seeds):]
-            tmp = f"{partial}.{os.getpid()}.tmp"  # the same command run twice at once writes the same results
-            with open(tmp, "w") as f:
-                json.dump(done, f)
-            os.replace(tmp, partial)
+            train.save_atomic(done, partial)
     bar.close()
+    results = [r for start in batches for r in done[start]]
     if partial:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
@@ -297,7 +291,7 @@ def partial_results_path(cfg, dev):
     files = [cfg.ckpt] + [cfg.planning_ckpt] * bool(cfg.planning_ckpt)
     key = dict(dataclasses.asdict(cfg), device=dev.type, files=[(os.stat(f).st_size, os.stat(f).st_mtime_ns)
                                                                  for f in files])
-    return f"{cfg.ckpt}.eval-{zlib.crc32(json.dumps(key, sort_keys=True).encode()):08x}.json"
+    return f"{cfg.ckpt}.eval-{zlib.crc32(json.dumps(key, sort_keys=True).encode()):08x}.partial"
 
 
 @functools.lru_cache

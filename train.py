@@ -276,7 +276,7 @@ def cached(path, make):
 
 
 def save_atomic(obj, path):
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: two runs writing the same file never share a temp file
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 

@@ -135,7 +135,7 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_batches(smoke_run, 
     monkeypatch.setattr(plan, "run_batch", killed_once_in_the_third)
     with pytest.raises(RuntimeError, match="killed"):
         plan.evaluate(ckpt, **kw)
-    assert len(list(run.glob("policy.pt.eval-*.json"))) == 1  # two batches kept
+    assert len(list(run.glob("policy.pt.eval-*.partial"))) == 1  # two batches kept
     calls.clear()
     resumed = plan.evaluate(ckpt, **kw)
     assert calls == [[100_002]]  # only the batch that never finished runs again
