@@ -13,14 +13,17 @@ One policy query (`act`): encode the current observation as the conditioning pre
 Best-of-N (`plan_best_of_n`): N candidate chunks in one batch (candidate i uses seed + i); for each, M world-model
 samples of s' (action frame clean) and V value samples per s' (everything but the value clean, or only s' for a
 planner trained with --value_sprime); the M*V values are aggregated by "majority mean"; the best candidate replaces
-candidate 0 only if strictly better.
+candidate 0 only if strictly better. Every planning evaluation also tries each candidate in a copy of the simulator
+(`candidate_coverage`) and reports what its choice really gained over candidate 0 against what the best candidate
+would have; --oracle executes that best one instead: the ceiling of best-of-N with a perfect world model.
 
 Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score, and
     "random": random_floor(task, seed, episodes), random targets' rate, interval and coverage on the same seeds);
 evaluate_checkpoints(paths, last=5, ...) -> {"runs": [dict per path], "best": path, "mean_last": dict}: the same seeds
     for every checkpoint, reported as Diffusion Policy does (best checkpoint, mean of the last k);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
-plan_best_of_n(policy, planner, obs, ...) -> (actions (B, K, A), values (B, N), best (B,), x0 (B, C, T, H, W));
+plan_best_of_n(policy, planner, obs, ..., judge=None) -> (actions (B, K, A), values (B, N), best (B,),
+    x0 (B, C, T, H, W), candidates (B, N, K, A));  candidate_coverage(vec_env, candidates, steps) -> (B, N);
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
 env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
 open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1],
@@ -85,6 +88,7 @@ class PlanConfig:
     num_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
     action_steps: int = 8  # actions executed per chunk before re-planning
     best_of: int = 1  # N candidates; 1 = the plain policy
+    oracle: bool = False  # best-of-N picks by the coverage each candidate really reaches (a simulator copy): a ceiling
     wm_steps: tuple = (1, 3, 5)  # one world-model sample per entry, with that many steps (official ALOHA planning)
     value_steps: tuple = (1, 2, 3, 4, 5)  # one value sample per entry and per world-model sample
     # Small on purpose: on a CPU the DiT runs slower per sample in big batches (2 cores, best-of-4: 278 ms per
@@ -105,12 +109,16 @@ class PlanConfig:
 
     def __post_init__(self):
         self.wm_steps, self.value_steps = tuple(self.wm_steps), tuple(self.value_steps)
+        assert all(isinstance(v, (int, float)) for v in self.proprio), f"proprio {self.proprio}: numbers"
         self.proprio, self.instruction = tuple(float(v) for v in self.proprio), str(self.instruction)
         small = {k: getattr(self, k) for k in ("episodes", "num_steps", "action_steps", "best_of", "batch", "samples",
                                                "last") if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
         assert self.gifs >= 0, f"gifs {self.gifs} must be >= 0"
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
+        steps = self.wm_steps + self.value_steps
+        assert all(isinstance(s, int) and s >= 1 for s in steps), \
+            f"wm_steps {self.wm_steps}, value_steps {self.value_steps}: denoising step counts, such as (1, 3, 5)"
 
 
 @dataclass
@@ -128,7 +136,7 @@ class Policy:
 
 
 def load_policy(path, device="cpu"):
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = train.load_file(path)
     assert "dit_config" in ck and "vae" in ck, f"{path} is not a policy checkpoint written by train.py"
     lay = ck["layout"]
     layout = li.Layout(**{**lay, "slots": tuple(li.Slot(**s) for s in lay["slots"])})
@@ -206,29 +214,45 @@ def majority_mean(values, threshold=0.05):
 
 
 @torch.no_grad()
-def plan_best_of_n(p, planner, obs, cfg, seed=0):
-    """Best-of-N: returns the chosen chunks (B, K, A), every candidate's aggregated value (B, N) and the chosen
-    index (B,). Candidate 0 (the base seed) is kept unless another is strictly better (official deploy.py)."""
+def plan_best_of_n(p, planner, obs, cfg, seed=0, judge=None):
+    """Best-of-N: returns the chosen chunks (B, K, A), every candidate's aggregated value (B, N), the chosen index (B,),
+    the chosen sample's latents and every candidate's chunk (B, N, K, A). Candidate 0 (the base seed) is kept unless
+    another is strictly better (official deploy.py). judge: (B, N, K, A) chunks -> (B, N) values, in place of the
+    planner's world model and value (--oracle: candidate_coverage, the simulator's own verdict)."""
     x_cond = condition_latent(p, obs)  # the planner shares the policy's VAE (it is fine-tuned from it)
     b, n = x_cond.shape[0], cfg.best_of
     value_kind = "value_sprime" if planner.value_sprime else "value"
     xc = x_cond.repeat_interleave(n, 0)  # (B*N, C, T, H, W)
     cand = noise_like(xc.shape[1:], [seed + i for _ in range(b) for i in range(n)], xc.device)
     x0 = diffusion.sample(network(p), xc, li.condition_mask(p.layout, ["policy"] * b * n), cfg.num_steps, noise=cand)
+    candidates = env_actions(p, x0, obs, repeat=n)  # (B*N, K, A)
+    candidates = candidates.view(b, n, *candidates.shape[1:])  # (B, N, K, A)
     values = []
-    for j, wm_steps in enumerate(cfg.wm_steps):
+    for j, wm_steps in enumerate(() if judge else cfg.wm_steps):
         fut = diffusion.sample(network(planner), x0, li.condition_mask(p.layout, ["world_model"] * b * n), wm_steps,
                                noise=noise_like(xc.shape[1:], [seed + j] * b * n, xc.device))
         for k, v_steps in enumerate(cfg.value_steps):
             v = diffusion.sample(network(planner), fut, li.condition_mask(p.layout, [value_kind] * b * n), v_steps,
                                  noise=noise_like(xc.shape[1:], [seed + k] * b * n, xc.device))
             values.append(li.read_value(v, p.layout))
-    value = majority_mean(torch.stack(values, -1)).view(b, n)  # (B, N)
+    value = (torch.as_tensor(judge(candidates.float().cpu().numpy())).float().to(xc.device) if judge
+             else majority_mean(torch.stack(values, -1)).view(b, n))  # (B, N)
     best = value.argmax(1)
     best = torch.where(value.gather(1, best[:, None])[:, 0] > value[:, 0], best, torch.zeros_like(best))
-    actions = env_actions(p, x0, obs, repeat=n)  # (B*N, K, A)
-    actions = actions.view(b, n, *actions.shape[1:])[torch.arange(b), best]  # (B, K, A)
-    return actions, value, best, x0.view(b, n, *x0.shape[1:])[torch.arange(b), best]
+    chosen = torch.arange(b), best
+    return candidates[chosen], value, best, x0.view(b, n, *x0.shape[1:])[chosen], candidates
+
+
+def candidate_coverage(env, candidates, steps):
+    """(B, N, K, A) candidate chunks for the B environments of `env` (a VecPushEnv) -> (B, N): the coverage each
+    candidate really reaches after executing its first `steps` actions from its environment's current state, in copies
+    of the simulator (no rendering). What a perfect world model with coverage as the value would rank by: the ceiling
+    of what best-of-N can gain per query, and the yardstick of the planner's own choice."""
+    b, n = candidates.shape[:2]
+    sim = env.repeat(n)
+    for k in range(min(steps, candidates.shape[2])):
+        sim.step(candidates[:, :, k].reshape(b * n, -1), render=False)
+    return sim.cov.reshape(b, n)
 
 
 def wilson(k, n, z=1.96):
@@ -250,7 +274,7 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     rollouts, t0 = [], time.perf_counter()
     batches, max_steps = range(0, cfg.episodes, cfg.batch), getattr(sim_env.EnvConfig, p.task)().max_steps
     partial = None if record else partial_results_path(cfg, dev)  # recorded episodes are not kept between runs
-    done = torch.load(partial, weights_only=True) if partial and os.path.exists(partial) else {}  # start -> results
+    done = train.load_file(partial) if partial and os.path.exists(partial) else {}  # start -> results
     if done:
         print(f"resuming an interrupted evaluation: {sum(map(len, done.values()))} episodes done ({partial})")
     bar = tqdm(total=len(batches) * max_steps, desc="evaluate", unit="step")
@@ -274,11 +298,22 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
                "pusht_score": float(np.mean([min(r["max_coverage"] / 0.95, 1.0) for r in results])),
                "random": dict(random_floor(p.task, cfg.seed, len(results))),  # a copy: the cached one stays
                "best_of": cfg.best_of, "seconds": round(time.perf_counter() - t0, 1)}
+    if cfg.best_of > 1:
+        chosen, best, switched, queries = np.sum([r["planning_gains"] for r in results], 0)
+        n = max(queries, 1)
+        summary["planning"] = {"queries": int(queries), "switched": switched / n, "chosen_gain": chosen / n,
+                               "best_gain": best / n}
     rand = summary["random"]
     print(f"eval {p.task}: success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) over {len(results)} "
           f"episodes, mean max coverage {summary['mean_max_coverage']:.3f}, best-of-{cfg.best_of}; random targets on "
           f"the same seeds: {rand['success_rate']:.3f} ({rand['ci95'][0]:.3f}-{rand['ci95'][1]:.3f}), "
           f"{rand['mean_max_coverage']:.3f}")
+    if cfg.best_of > 1:
+        ps = summary["planning"]
+        print(f"planning ({'oracle: the real coverage' if cfg.oracle else 'its world model and value'}): over "
+              f"{ps['queries']} queries it switched from the base candidate in {ps['switched']:.1%}; after the "
+              f"executed steps the chosen candidate's coverage was {ps['chosen_gain']:+.4f} over the base's on "
+              f"average, the best of the {cfg.best_of}'s {ps['best_gain']:+.4f}")
     if cfg.collect_rollouts:
         sim_env.save_episodes(cfg.collect_rollouts, rollouts, p.task, p.image_size)
     return summary
@@ -406,10 +441,18 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
     done = np.zeros(len(seeds), bool)
     max_cov, success = info["coverage"].copy(), info["is_success"].copy()
     trace = [dict(obs={k: [v[i]] for k, v in obs.items()}, action=[], queries=[]) for i in range(len(seeds))]
+    gains = np.zeros((len(seeds), 4))  # per env, summed over its planning queries: chosen - base, best - base,
+    # switched (chosen != base), 1 (the query count); coverage after the executed steps, from candidate_coverage
     query = 0
     while not done.all():
         if cfg.best_of > 1:
-            actions, values, best, x0 = plan_best_of_n(p, planner, obs, cfg, seed=cfg.seed + query)
+            judge = functools.partial(candidate_coverage, env, steps=cfg.action_steps) if cfg.oracle else None
+            actions, values, best, x0, candidates = plan_best_of_n(p, planner, obs, cfg, cfg.seed + query, judge)
+            real = values.cpu().numpy() if cfg.oracle else candidate_coverage(env, candidates.float().cpu().numpy(),
+                                                                                cfg.action_steps)  # (B, N)
+            chosen = best.cpu().numpy()
+            gains[~done] += np.stack([real[np.arange(len(seeds)), chosen] - real[:, 0], real.max(1) - real[:, 0],
+                                      chosen > 0, np.ones(len(seeds))], 1)[~done]
         else:
             actions, x0, value = act(p, obs, cfg.num_steps, seed=cfg.seed + query)
             values, best = value[:, None], torch.zeros(len(seeds), dtype=torch.long)
@@ -442,7 +485,8 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
                                  success=bool(success[i]), seed=seeds[i]))
         if offset + i < cfg.gifs:
             write_gif(cfg, p, t, seeds[i], bool(success[i]))
-    return [dict(success=bool(s), max_coverage=float(c)) for s, c in zip(success, max_cov)]
+    return [dict(success=bool(s), max_coverage=float(c), planning_gains=g.tolist())
+            for s, c, g in zip(success, max_cov, gains)]
 
 
 @torch.no_grad()
@@ -612,7 +656,7 @@ def libero_act(p, primary, wrist, proprio, instruction, cfg=None, seed=0, planne
     out = {}
     if cfg.best_of > 1:
         planner = p if planner is None else for_instruction(planner, instruction)
-        actions, values, best, x0 = plan_best_of_n(p, planner, obs, cfg, seed=seed)
+        actions, values, best, x0, _ = plan_best_of_n(p, planner, obs, cfg, seed=seed)
         out.update(values=values[0].cpu().numpy(), best=int(best[0]))
     else:
         actions, x0, _ = act(p, obs, cfg.num_steps, seed=seed)
@@ -649,9 +693,14 @@ def parse_args(argv):
         libero_files(c.libero)
         return c
     assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
-    checkpoint_paths(c.ckpt)  # names what matches nothing
+    train.check_device(c.device)
     for flag in ("planning_ckpt", "open_loop"):
         assert not getattr(c, flag) or os.path.isfile(getattr(c, flag)), f"--{flag}: no file {getattr(c, flag)}"
+    for path in checkpoint_paths(c.ckpt) + [c.planning_ckpt] * bool(c.planning_ckpt):  # names what matches nothing
+        assert {"dit_config", "vae"} <= set(train.load_file(path, mmap=True)), \
+            f"{path} is not a policy checkpoint written by train.py (policy.pt, planner.pt, policy_step<N>.pt, ...)"
+    folder = os.path.dirname(os.path.abspath(c.collect_rollouts))
+    assert not c.collect_rollouts or os.path.isdir(folder), f"--collect_rollouts: no folder {folder}"
     return c
 
 

@@ -23,14 +23,15 @@ the table edge (a rim, so that the pusher always fits beside it). Scoring as Pus
 area(goal), exact (Sutherland-Hodgman on the convex parts); reward = clip(coverage / success_coverage, 0, 1);
 terminated = coverage > success_coverage; truncated at max_steps; info = {coverage, is_success}. VecPushEnv never
 auto-resets: an ended episode ignores actions and keeps its final state, reward and flags, for masking.
-Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **overrides): reset(seed) -> (obs, info),
-step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N, image_size):
-reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False), observe();
-expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller;
-score_controller(task, seeds, controller) -> (success, max coverage, steps) (N,) each; collect_demos(task, n_episodes,
-seed, path, explore) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size)
--> dict of arrays.
+Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **overrides): reset(seed) -> (obs,
+info), step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N,
+image_size): reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False),
+observe(), repeat(n) -> N*n copies of the current states; expert_actions(vec_env, noise, rng) -> (N, 2);
+expert_action(env) -> (2,); random_targets(rng) -> controller; score_controller(task, seeds, controller) -> (success,
+max coverage, steps) (N,) each; collect_demos(task, n_episodes, seed, path, explore) -> summary; save_episodes(path,
+episodes, task, image_size); load_demos(path, task, image_size) -> dict of arrays.
 """
+import copy
 import dataclasses
 import os
 import zipfile
@@ -222,6 +223,15 @@ class VecPushEnv:
         self.done |= success | truncated
         return (self.observe(render), np.clip(self.cov / self.cfg.success_coverage, 0, 1), success, truncated,
                 {"coverage": self.cov.copy(), "is_success": success.copy()})
+
+    def repeat(self, n):
+        """A copy holding each environment's current state n times over (env i -> copies i*n .. i*n + n - 1), to try
+        n action sequences from the same states (plan.candidate_coverage); this env is untouched."""
+        twin = copy.copy(self)
+        twin.num_envs, twin.rngs = self.num_envs * n, [copy.deepcopy(g) for g in self.rngs for _ in range(n)]
+        for k in ("block", "pusher", "vel", "steps", "done", "cov"):
+            setattr(twin, k, np.repeat(getattr(self, k), n, 0))
+        return twin
 
     def observe(self, images=True):
         """-> {'proprio': (N, 4) float32} plus 'primary', 'wrist' (N, S, S, 3) uint8 when images."""

@@ -29,6 +29,7 @@ import glob
 import hashlib
 import inspect
 import os
+import pickle
 import re
 import signal
 import sys
@@ -127,6 +128,8 @@ class TrainConfig:
             "--average averages kept checkpoints: add --keep_every=N (or --average=0)"
         self.rollouts = tuple(self.rollouts.split(",") if isinstance(self.rollouts, str) else self.rollouts)
         self.vae_dim_mult = tuple(self.vae_dim_mult)
+        assert all(isinstance(m, int) and m >= 1 for m in self.vae_dim_mult), \
+            f"vae_dim_mult {self.vae_dim_mult}: channel multipliers, positive integers such as (1, 2, 4)"
 
     @classmethod
     def smoke(cls):  # the whole pipeline in well under a minute on 2 CPU cores: proves it runs, learns nothing
@@ -239,7 +242,7 @@ def encode_batches(vae, n, batch, video, desc, partial=None):
     """torch.cat of vae.encode(video(i, j)), in half precision on the CPU, over the slices [i, j) of range(n), `batch`
     at a time. With `partial`, the finished batches are saved there each minute and on an interruption, and the next
     call resumes from them: an encode of many minutes loses at most one."""
-    out = torch.load(partial, weights_only=True) if partial and os.path.exists(partial) else []
+    out = load_file(partial) if partial and os.path.exists(partial) else []
     saved = time.perf_counter()
     try:
         for i in tqdm(range(len(out) * batch, n, batch), initial=len(out), total=-(-n // batch), desc=desc,
@@ -272,13 +275,23 @@ def cached(path, make):
             os.remove(f"{path}.partial")
     if world > 1:
         dist.barrier()
-    return torch.load(path, weights_only=True)
+    return load_file(path)
 
 
 def save_atomic(obj, path):
     tmp = f"{path}.{os.getpid()}.tmp"  # per process: two runs writing the same file never share a temp file
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def load_file(path, **kwargs):
+    """torch.load(path) on the CPU, weights only. A file that is no torch file (cut short by a full disk or a copy, or
+    of another format) raises AssertionError naming it and the fix, not the unpickler's riddle."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+        raise AssertionError(f"{path} is not a readable torch file ({type(e).__name__}: {str(e)[:100]}); if it was "
+                             f"cut short, delete it and rerun to rebuild it") from e
 
 
 # ----------------------------------------------------------------------------- the one training loop
@@ -339,7 +352,7 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     step, history = 0, []  # history: one {"step", loss, parts...} per log print, drawn into <name>_loss.png
     if os.path.exists(path):
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = load_file(path)
         set_state_dict(model, opt, model_state_dict=ck["model"], optim_state_dict=ck["optimizer"], options=full)
         step, history = ck["step"], ck.get("history", [])
         changed = changed_options(cfg, ck["train_config"], "policy" if fine_tune else name)
@@ -493,14 +506,15 @@ def stage_vae(cfg, demos, play, device):
                                       latent_std=tuple(mu.std((0, 2, 3, 4)).clamp_min(1e-3).tolist()))
     picture = os.path.join(cfg.run_dir, "vae_recon.png")
     if rank_world()[0] == 0 and not os.path.exists(picture):  # once per trained VAE, not on every resume
-        save_reconstructions(vae, demos, picture, device)
+        save_reconstructions(vae, demos, picture, device, short=cfg.vae_steps < 400)
     return vae
 
 
 @torch.no_grad()
-def save_reconstructions(vae, demos, path, device, n=8):
+def save_reconstructions(vae, demos, path, device, n=8, short=False):
     """Demo images above their reconstructions through the pseudo-video path, wrist rows then primary rows -> PNG.
-    A VAE that has not learned the scene returns the empty table: it warns when that holds in every view."""
+    A VAE that has not learned the scene returns the empty table: it warns when that holds in every view, unless
+    `short` training (the smoke preset) makes that the expected outcome."""
     layout = li.Layout.toy()
     rows = np.linspace(0, len(demos["primary"]) - 1, n).astype(int)
     video = li.raw_frames(layout, {s: torch.from_numpy(demos[s.removeprefix("future_")][rows]).to(device)
@@ -521,7 +535,9 @@ def save_reconstructions(vae, demos, path, device, n=8):
     views = ", ".join(f"{layout.slots[k].name} {r:.2f}" for k, r in zip(current, per_view.tolist()))
     print(f"[vae] reconstruction MSE on demo images {mse:.4f} (their average image: {average:.4f}; pixels in [-1, 1]); "
           f"per view, as a share of the average image's: {views}; picture: {path}")
-    if (per_view >= 1).all():
+    if (per_view >= 1).all() and short:
+        print("[vae] blind in every view, as expected this early: the VAE leaves its plateau after ~200-750 steps")
+    elif (per_view >= 1).all():
         print("[vae] WARNING: in every view the VAE reconstructs no better than the average image, so the policy "
               "will see only the proprio. Stop it (Ctrl-C) and rerun with another --seed in a new --run_dir")
 
@@ -605,10 +621,9 @@ def stage_policy(cfg, vae, demos, emb, device):
 
     model = DiT(dit_config(cfg)).to(device)
     if cfg.init == "video":
-        video = torch.load(os.path.join(cfg.run_dir, "video.pt"), map_location=device, weights_only=True)
-        model.load_state_dict(video["model"], strict=True)
+        model.load_state_dict(load_file(os.path.join(cfg.run_dir, "video.pt"))["model"], strict=True)
     elif cfg.init != "scratch":  # one of our checkpoints (a planner starts from the policy) or an official .pt
-        ck = torch.load(cfg.init, map_location="cpu", weights_only=True, mmap=True)
+        ck = load_file(cfg.init, mmap=True)
         model = load_dit(ck["model"] if "train_config" in ck else ck, model.cfg, device=device)
     slots = {"action": layout.frames("action"), "future": layout.frames("proprio", future=True)
              + layout.frames("image", future=True), "value": layout.frames("value")}
@@ -630,7 +645,7 @@ def average_checkpoints(cfg, name):
     kept = os.path.join(cfg.run_dir, f"{name}_step*.pt")
     assert glob.glob(kept), f"--average needs kept checkpoints ({kept}): train with --keep_every=N"
     paths = plan.checkpoint_paths(kept)[-cfg.average:]  # in step order
-    cks = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    cks = [load_file(p) for p in paths]
     model = {k: sum(c["model"][k] for c in cks) / len(cks) if v.is_floating_point() else v
              for k, v in cks[-1]["model"].items()}
     names = [os.path.basename(p) for p in paths]
@@ -641,20 +656,26 @@ def average_checkpoints(cfg, name):
 
 
 def cli_overrides(argv, cls, extra=()):
-    """`--field=value` arguments -> {field: value} for the dataclass `cls` (plus the names in `extra`); values are
-    parsed with ast.literal_eval, else kept as strings (--task=push_t). Unknown or malformed arguments raise."""
+    """`--field=value` arguments -> {field: value} for the dataclass `cls` (plus the names in `extra`). A str field
+    takes the text as it is; the others parse it with ast.literal_eval and must then have their field's type (an int
+    is a float too; a tuple field also takes a list, or text its config splits). Unknown or malformed arguments raise."""
     bad = [a for a in argv if not (a.startswith("--") and "=" in a)]
     assert not bad, f"arguments must look like --field=value, got {bad}"
     kv = dict(a[2:].split("=", 1) for a in argv)
-    valid = {f.name for f in dataclasses.fields(cls)} | set(extra)
-    unknown = sorted(set(kv) - valid)
-    assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(valid)}"
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kv) - set(types) - set(extra))
+    assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(set(types) | set(extra))}"
     out = {}
-    for k, v in kv.items():
-        try:
-            out[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k] = v
+    for k, text in kv.items():
+        kind, v = types.get(k), text
+        if kind is not str:
+            with contextlib.suppress(ValueError, SyntaxError):
+                v = ast.literal_eval(text)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok = {int: number and isinstance(v, int), float: number, bool: isinstance(v, bool),
+              tuple: isinstance(v, (tuple, list, str))}.get(kind, True)
+        assert ok, f"--{k}={text}: expected {'True or False' if kind is bool else kind.__name__}"
+        out[k] = float(v) if kind is float else v
     return out
 
 
@@ -671,12 +692,23 @@ HELP = {"-h", "--help"}
 
 
 def run_cli(parse, run, program):
-    """run(parse(command-line arguments)); a bad option, the user's to fix, ends it with its message, no traceback."""
+    """run(parse(command-line arguments)); a bad option, the user's to fix, ends it with its message, no traceback.
+    A kill (SIGTERM) stops it as Ctrl-C does, so that an encode or an evaluation keeps what it has done."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         config = parse(sys.argv[1:])
     except AssertionError as e:
         sys.exit(f"{program}: {e}")
-    run(config)
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; what is done is kept, and the same command resumes", file=sys.stderr)
+        sys.exit(130)
+
+
+def check_device(name):
+    assert not name.startswith("cuda") or torch.cuda.is_available(), \
+        f"--device={name}: this torch ({torch.__version__}) sees no CUDA device; use --device=auto or --device=cpu"
 
 
 def parse_args(argv):
@@ -693,6 +725,18 @@ def parse_args(argv):
         sys.exit(0)
     cfg = dataclasses.replace(getattr(TrainConfig, preset)(), **kv)
     cfg.run_dir = cfg.run_dir or f"runs/{preset}_{cfg.task}"
+    check_device(cfg.device)
+    # Files the later stages need, checked before the earlier ones spend minutes.
+    for flag, path in [("vae", cfg.vae)] * bool(cfg.vae) + [("rollouts", r) for r in cfg.rollouts]:
+        assert os.path.isfile(path), f"--{flag}: no file {path}"
+    video = os.path.join(cfg.run_dir, "video.pt")
+    assert cfg.stage != "policy" or cfg.init != "video" or os.path.isfile(video), \
+        f"--stage=policy starts from {video}, which is not there: run --stage=video first, or pass --init=scratch"
+    if cfg.init not in ("video", "scratch"):
+        assert os.path.isfile(cfg.init), f"--init: no file {cfg.init}"
+        ck = load_file(cfg.init, mmap=True)
+        assert "train_config" not in ck or "dit_config" in ck, \
+            f"--init={cfg.init} holds no DiT: give a policy, video.pt or an official .pt"
     return cfg
 
 
@@ -701,9 +745,9 @@ def main(cfg):
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = rank_world()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device((f"cuda:{local}" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                          else cfg.device)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     if device.type == "cuda":
+        device = torch.device("cuda", local if device.index is None else device.index)  # set_device needs an index
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.run_dir, exist_ok=True)

@@ -102,6 +102,25 @@ def test_batched_envs_match_single_envs():
         assert _same({k: x[:, n] for k, x in batched.items()}, single)
 
 
+def test_repeat_tries_several_actions_from_one_state_and_leaves_the_original():
+    rng = np.random.default_rng(2)
+    env = VecPushEnv("push_t", 2, image_size=16)
+    env.reset([3, 11])
+    for _ in range(5):
+        env.step(rng.uniform(0, 1, (2, 2)), render=False)
+    before = env.block.copy(), env.pusher.copy(), env.steps.copy()
+    twin = env.repeat(3)  # copies 0-2 of env 0, 3-5 of env 1
+    actions = rng.uniform(0, 1, (10, 6, 2))
+    actions[:, 1] = actions[:, 0]
+    for a in actions:
+        twin.step(a, render=False)
+    assert all(np.array_equal(x, y) for x, y in zip(before, (env.block, env.pusher, env.steps)))
+    assert np.array_equal(twin.pusher[0], twin.pusher[1]) and not np.array_equal(twin.pusher[0], twin.pusher[2])
+    for a in actions:
+        env.step(a[[0, 3]], render=False)
+    assert np.array_equal(env.block, twin.block[[0, 3]]) and np.array_equal(env.cov, twin.cov[[0, 3]])
+
+
 def test_bad_actions_and_configs_raise():
     env = PushEnv()
     env.reset(seed=0)

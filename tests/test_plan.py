@@ -1,9 +1,12 @@
 """plan.py on the smoke checkpoint: value aggregation, best-of-N shapes and selection rule, the planner's value query,
 and an evaluation that collects rollouts and writes a GIF."""
 import dataclasses
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -65,10 +68,35 @@ def observation(policy, n, seed=0):
     return obs
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--ckpt={run}/vae.pt"], "vae.pt is not a policy checkpoint"), (["--ckpt={run}/demos.npz"], "not a readable"),
+    (["--ckpt={run}/policy.pt", "--planning_ckpt={run}/video.pt"], "video.pt is not a policy checkpoint"),
+    (["--ckpt={run}/policy.pt", "--collect_rollouts={run}/none/r.npz"], "--collect_rollouts: no folder"),
+    (["--ckpt={run}/policy.pt", "--wm_steps=abc"], "denoising step counts"),
+    (["--ckpt={run}/policy.pt", "--episodes=abc"], "--episodes=abc: expected int")])
+def test_cli_rejects_wrong_files_and_mistyped_options(smoke_run, args, message):
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        plan.parse_args([a.format(run=smoke_run[0]) for a in args])
+
+
+def test_a_killed_evaluation_says_so_and_keeps_its_finished_batches(smoke_run, tmp_path):
+    shutil.copy(smoke_run[0] / "policy.pt", tmp_path)
+    proc = subprocess.Popen([sys.executable, "plan.py", f"--ckpt={tmp_path / 'policy.pt'}", "--episodes=50",
+                             "--batch=1", "--num_steps=1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("policy.pt.eval-*.partial")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "plan.py: interrupted; what is done is kept" in err, err[-2000:]
+    assert list(tmp_path.glob("policy.pt.eval-*.partial"))
+
+
 def test_best_of_two_returns_documented_shapes_and_keeps_the_base_unless_beaten(policy):
     obs, lay = observation(policy, 3), policy.layout
     cfg = plan.PlanConfig(best_of=2, wm_steps=(1,), value_steps=(1, 2), num_steps=2)
-    actions, values, best, x0 = plan.plan_best_of_n(policy, policy, obs, cfg, seed=7)
+    actions, values, best, x0, _ = plan.plan_best_of_n(policy, policy, obs, cfg, seed=7)
     assert actions.shape == (3, lay.action_chunk, lay.action_dim) and values.shape == (3, 2) and best.shape == (3,)
     assert x0.shape[0] == 3 and x0.shape[2] == lay.num_frames
     assert bool(((values >= 0) & (values <= 1)).all())
@@ -78,6 +106,26 @@ def test_best_of_two_returns_documented_shapes_and_keeps_the_base_unless_beaten(
             torch.testing.assert_close(actions[i], base[i], atol=1e-4, rtol=0)
         else:
             assert values[i, best[i]] > values[i, 0]
+    prefer = torch.tensor([0.2, 0.1, 0.3])  # a judge replaces the world model and value; a tie keeps the base
+    actions, values, best, _, candidates = plan.plan_best_of_n(
+        policy, policy, obs, cfg, seed=7, judge=lambda c: torch.stack([prefer, prefer.flip(0)], 1)[:len(c)])
+    assert best.tolist() == [1, 0, 0] and torch.equal(actions, candidates[torch.arange(3), best])
+    assert candidates.shape == (3, 2, lay.action_chunk, lay.action_dim)
+
+
+def test_candidate_coverage_is_the_simulators_verdict_and_the_oracle_picks_by_it(policy, smoke_run, tmp_path):
+    env = sim_env.VecPushEnv("push_block", 2, image_size=policy.image_size)
+    env.reset([5, 6])
+    toward = np.repeat(env.block[:, None, None, :2], 16, 2)  # (B, 1, K, A): every target at the block's centre
+    candidates = np.concatenate([np.repeat(env.pusher[:, None, None], 16, 2), toward], 1)  # (B, 2, K, A): stay, push
+    cov = plan.candidate_coverage(env, candidates, steps=12)
+    assert np.array_equal(cov[:, 0], env.cov) and (cov[:, 1] != env.cov).any()  # standing still moves nothing
+    for k in range(12):
+        env.step(toward[:, 0, k])
+    assert np.array_equal(cov[:, 1], env.cov)
+    shutil.copy(smoke_run[0] / "policy.pt", tmp_path)
+    gains = plan.evaluate(str(tmp_path / "policy.pt"), episodes=2, best_of=3, oracle=True, num_steps=1)["planning"]
+    assert gains["chosen_gain"] == pytest.approx(gains["best_gain"]) and gains["best_gain"] >= 0
 
 
 @pytest.mark.parametrize("sprime, kind", [(False, "value"), (True, "value_sprime")])
@@ -100,6 +148,8 @@ def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_ru
     summary = plan.evaluate(str(run / "policy.pt"), episodes=2, best_of=2, wm_steps=(1,), value_steps=(1,),
                             num_steps=1, gifs=1, collect_rollouts=str(run / "rollouts.npz"))
     assert summary["episodes"] == 2 and summary["best_of"] == 2 and 0 <= summary["success_rate"] <= 1
+    gains = summary["planning"]
+    assert gains["queries"] >= 2 and gains["best_gain"] >= max(gains["chosen_gain"], 0)
     lo, hi = summary["ci95"]
     assert 0 <= lo <= summary["success_rate"] <= hi <= 1 and 0 <= summary["mean_max_coverage"] <= 1
     _, floor_cov, _ = sim_env.score_controller("push_block", [100_000, 100_001],

@@ -1,6 +1,7 @@
 """train.py: the whole pipeline as a subprocess, overfitting a few demos, and exact resume after a kill."""
 import dataclasses
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,31 @@ def test_parse_args_rejects_unknown_and_malformed_options():
 def test_parse_args_rejects_bad_values_before_any_work(arg, message):
     with pytest.raises(AssertionError, match=message):
         train.parse_args(["--preset=cpu", arg])
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--n_demos=abc", "--n_demos=abc: expected int"), ("--seed=1.5", "--seed=1.5: expected int"),
+    ("--bf16=true", "expected True or False"), ("--vae_dim_mult=abc", "positive integers"),
+    ("--init=nothing.pt", "--init: no file nothing.pt"), ("--rollouts=a.npz,b.npz", "--rollouts: no file a.npz"),
+    ("--stage=policy", "which is not there: run --stage=video first"),
+    pytest.param("--device=cuda", "sees no CUDA device", marks=NO_CUDA)])
+def test_parse_args_rejects_mistyped_options_and_missing_files_before_any_work(arg, message, tmp_path):
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        train.parse_args(["--preset=smoke", f"--run_dir={tmp_path}", arg])
+    cfg = train.parse_args(["--lr=1", "--run_dir=123", "--vae_dim_mult=[1, 2, 4]"])
+    assert (cfg.lr, type(cfg.lr), cfg.run_dir, cfg.vae_dim_mult) == (1.0, float, "123", (1, 2, 4))
+
+
+def test_a_damaged_or_wrong_checkpoint_is_named_with_the_fix(smoke_run, tmp_path):
+    data = (smoke_run[0] / "vae.pt").read_bytes()
+    (tmp_path / "vae.pt").write_bytes(data[:len(data) // 2])  # what a full disk or an interrupted copy leaves
+    with pytest.raises(AssertionError, match="vae.pt is not a readable torch file.*delete it and rerun"):
+        train.load_file(tmp_path / "vae.pt")
+    with pytest.raises(AssertionError, match="holds no DiT"):
+        train.parse_args(["--preset=smoke", f"--run_dir={tmp_path}", f"--init={smoke_run[0] / 'vae.pt'}"])
 
 
 def test_help_lists_every_option_with_the_presets_value_and_its_comment(capsys):
@@ -204,6 +230,10 @@ def test_reconstruction_picture_warns_only_when_every_view_is_blind(tmp_path, ca
     out = capsys.readouterr().out
     assert (tmp_path / "r.png").exists() and ("WARNING" in out) == warns
     assert ("primary 1." in out) == bool(grey) and ("wrist 0.00" in out) == ("wrist" not in grey)
+    train.save_reconstructions(_Stub(grey), {"wrist": images, "primary": images[::-1]}, str(tmp_path / "r.png"),
+                               torch.device("cpu"), short=True)  # the smoke preset: blind is expected, no alarm
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and ("as expected" in out) == warns
 
 
 def test_relative_action_chunks_come_back_as_the_demonstrated_targets(smoke_run):
