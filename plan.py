@@ -14,8 +14,8 @@ Best-of-N (`plan_best_of_n`): N candidate chunks in one batch (candidate i uses 
 samples of s' (action frame clean) and V value samples per s' (everything but the value clean, or only s' for a
 planner trained with --value_sprime); the M*V values are aggregated by "majority mean"; the best candidate replaces
 candidate 0 only if strictly better. Every planning evaluation also tries each candidate in a copy of the simulator
-(`candidate_coverage`) and reports what its choice really gained over candidate 0 against what the best candidate
-would have; --oracle executes that best one instead: the ceiling of best-of-N with a perfect world model.
+(`candidate_distance`) and reports how much closer to the goal its choice really left the block than candidate 0,
+against what the best candidate would have; --oracle executes that best one: a perfect world model's choice.
 
 Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score, and
     "random": random_floor(task, seed, episodes), random targets' rate, interval and coverage on the same seeds);
@@ -23,7 +23,7 @@ evaluate_checkpoints(paths, last=5, ...) -> {"runs": [dict per path], "best": pa
     for every checkpoint, reported as Diffusion Policy does (best checkpoint, mean of the last k);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
 plan_best_of_n(policy, planner, obs, ..., judge=None) -> (actions (B, K, A), values (B, N), best (B,),
-    x0 (B, C, T, H, W), candidates (B, N, K, A));  candidate_coverage(vec_env, candidates, steps) -> (B, N);
+    x0 (B, C, T, H, W), candidates (B, N, K, A));  candidate_distance(vec_env, candidates, steps) -> (B, N);
 imagine(policy, obs, x0) -> B dicts {future image slot: (S, S, 3) uint8};
 env_actions(policy, x0, obs) -> (B, K, A) the targets env.step takes (offsets made absolute for toy policies);
 open_loop(policy, demos, n, samples=1) -> {policy_l1, standing_still_l1[, mean_of_samples_l1, sample_spread_l1],
@@ -88,7 +88,7 @@ class PlanConfig:
     num_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
     action_steps: int = 8  # actions executed per chunk before re-planning
     best_of: int = 1  # N candidates; 1 = the plain policy
-    oracle: bool = False  # best-of-N picks by the coverage each candidate really reaches (a simulator copy): a ceiling
+    oracle: bool = False  # best-of-N picks the candidate that really gets closest to the goal (simulator copies)
     wm_steps: tuple = (1, 3, 5)  # one world-model sample per entry, with that many steps (official ALOHA planning)
     value_steps: tuple = (1, 2, 3, 4, 5)  # one value sample per entry and per world-model sample
     # Small on purpose: on a CPU the DiT runs slower per sample in big batches (2 cores, best-of-4: 278 ms per
@@ -218,7 +218,7 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0, judge=None):
     """Best-of-N: returns the chosen chunks (B, K, A), every candidate's aggregated value (B, N), the chosen index (B,),
     the chosen sample's latents and every candidate's chunk (B, N, K, A). Candidate 0 (the base seed) is kept unless
     another is strictly better (official deploy.py). judge: (B, N, K, A) chunks -> (B, N) values, in place of the
-    planner's world model and value (--oracle: candidate_coverage, the simulator's own verdict)."""
+    planner's world model and value (--oracle: minus candidate_distance, the simulator's own verdict)."""
     x_cond = condition_latent(p, obs)  # the planner shares the policy's VAE (it is fine-tuned from it)
     b, n = x_cond.shape[0], cfg.best_of
     value_kind = "value_sprime" if planner.value_sprime else "value"
@@ -243,16 +243,16 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0, judge=None):
     return candidates[chosen], value, best, x0.view(b, n, *x0.shape[1:])[chosen], candidates
 
 
-def candidate_coverage(env, candidates, steps):
-    """(B, N, K, A) candidate chunks for the B environments of `env` (a VecPushEnv) -> (B, N): the coverage each
-    candidate really reaches after executing its first `steps` actions from its environment's current state, in copies
-    of the simulator (no rendering). What a perfect world model with coverage as the value would rank by: the ceiling
-    of what best-of-N can gain per query, and the yardstick of the planner's own choice."""
+def candidate_distance(env, candidates, steps):
+    """(B, N, K, A) candidate chunks for the B environments of `env` (a VecPushEnv) -> (B, N): how far each candidate
+    really leaves its block from the goal pose after executing its first `steps` actions from the current state, in
+    copies of the simulator (no rendering; sim_env.VecPushEnv.goal_distance, table units). What a perfect world model
+    with progress as the value would rank by: the yardstick of the planner's choice, and with --oracle its ceiling."""
     b, n = candidates.shape[:2]
     sim = env.repeat(n)
     for k in range(min(steps, candidates.shape[2])):
         sim.step(candidates[:, :, k].reshape(b * n, -1), render=False)
-    return sim.cov.reshape(b, n)
+    return sim.goal_distance().reshape(b, n)
 
 
 def wilson(k, n, z=1.96):
@@ -310,10 +310,10 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
           f"{rand['mean_max_coverage']:.3f}")
     if cfg.best_of > 1:
         ps = summary["planning"]
-        print(f"planning ({'oracle: the real coverage' if cfg.oracle else 'its world model and value'}): over "
+        print(f"planning ({'oracle: the real outcome' if cfg.oracle else 'its world model and value'}): over "
               f"{ps['queries']} queries it switched from the base candidate in {ps['switched']:.1%}; after the "
-              f"executed steps the chosen candidate's coverage was {ps['chosen_gain']:+.4f} over the base's on "
-              f"average, the best of the {cfg.best_of}'s {ps['best_gain']:+.4f}")
+              f"executed steps the chosen candidate left the block {ps['chosen_gain']:+.4f} closer to the goal pose "
+              f"than the base candidate on average (table units), the best of the {cfg.best_of} {ps['best_gain']:+.4f}")
     if cfg.collect_rollouts:
         sim_env.save_episodes(cfg.collect_rollouts, rollouts, p.task, p.image_size)
     return summary
@@ -441,17 +441,16 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
     done = np.zeros(len(seeds), bool)
     max_cov, success = info["coverage"].copy(), info["is_success"].copy()
     trace = [dict(obs={k: [v[i]] for k, v in obs.items()}, action=[], queries=[]) for i in range(len(seeds))]
-    gains = np.zeros((len(seeds), 4))  # per env, summed over its planning queries: chosen - base, best - base,
-    # switched (chosen != base), 1 (the query count); coverage after the executed steps, from candidate_coverage
+    gains = np.zeros((len(seeds), 4))  # per env, summed over its planning queries: how much closer to the goal pose
+    # than the base candidate (candidate_distance) the chosen and the best candidate left the block, switched, 1
     query = 0
     while not done.all():
         if cfg.best_of > 1:
-            judge = functools.partial(candidate_coverage, env, steps=cfg.action_steps) if cfg.oracle else None
+            judge = (lambda c: -candidate_distance(env, c, cfg.action_steps)) if cfg.oracle else None
             actions, values, best, x0, candidates = plan_best_of_n(p, planner, obs, cfg, cfg.seed + query, judge)
-            real = values.cpu().numpy() if cfg.oracle else candidate_coverage(env, candidates.float().cpu().numpy(),
-                                                                                cfg.action_steps)  # (B, N)
+            left = candidate_distance(env, candidates.float().cpu().numpy(), cfg.action_steps)  # (B, N)
             chosen = best.cpu().numpy()
-            gains[~done] += np.stack([real[np.arange(len(seeds)), chosen] - real[:, 0], real.max(1) - real[:, 0],
+            gains[~done] += np.stack([left[:, 0] - left[np.arange(len(seeds)), chosen], left[:, 0] - left.min(1),
                                       chosen > 0, np.ones(len(seeds))], 1)[~done]
         else:
             actions, x0, value = act(p, obs, cfg.num_steps, seed=cfg.seed + query)

@@ -26,10 +26,10 @@ auto-resets: an ended episode ignores actions and keeps its final state, reward 
 Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **overrides): reset(seed) -> (obs,
 info), step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N,
 image_size): reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False),
-observe(), repeat(n) -> N*n copies of the current states; expert_actions(vec_env, noise, rng) -> (N, 2);
-expert_action(env) -> (2,); random_targets(rng) -> controller; score_controller(task, seeds, controller) -> (success,
-max coverage, steps) (N,) each; collect_demos(task, n_episodes, seed, path, explore) -> summary; save_episodes(path,
-episodes, task, image_size); load_demos(path, task, image_size) -> dict of arrays.
+observe(), repeat(n) -> N*n copies of the current states, goal_distance() -> (N,); expert_actions(vec_env, noise, rng)
+-> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller; score_controller(task, seeds, controller) ->
+(success, max coverage, steps) (N,) each; collect_demos(task, n_episodes, seed, path, explore) -> summary;
+save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size) -> dict of arrays.
 """
 import copy
 import dataclasses
@@ -153,6 +153,14 @@ class VecPushEnv:
     def coverage(self, block):  # (N, 3) -> (N,)
         inter = _clip_area(self.corners(block)[:, :, None], self.goal_corners[:, None])  # (N, P, P) part pairs
         return np.maximum(inter.sum((1, 2)), 0) / self.goal_area
+
+    def pose_error(self, block):  # (N, 3) -> (N, 3): goal minus block, the angle wrapped by the block's symmetry
+        err, period = self.goal - block, 2 * np.pi / self.cfg.symmetry
+        err[:, 2] = (err[:, 2] + period / 2) % period - period / 2
+        return err
+
+    def goal_distance(self):  # -> (N,) each block's distance to the goal pose, the angle weighted by c^2 (expert's)
+        return np.sqrt((self.pose_error(self.block) ** 2 * [1, 1, self.c2]).sum(-1))
 
     def sdf(self, pts, block):
         """Points (N, M, 2) -> signed distance to the block (N, M), outward unit normal (N, M, 2); exact outside."""
@@ -299,8 +307,7 @@ def expert_actions(env, noise=0.0, rng=None):
     cos, sin = np.cos(b[:, 2, None]), np.sin(b[:, 2, None])
     f, arm = -_turn(env.face_normals, cos, sin), _turn(env.face_points, cos, sin)            # (N, C, 2) each
     twist = _twist(arm, f, env.c2)                                                            # (N, C, 3)
-    err, period, w = env.goal - b, 2 * np.pi / env.cfg.symmetry, np.array([1, 1, env.c2])
-    err[:, 2] = (err[:, 2] + period / 2) % period - period / 2
+    err, w = env.pose_error(b), np.array([1, 1, env.c2])
     along, norm2 = (twist * err[:, None] * w).sum(-1), (twist ** 2 * w).sum(-1)              # (N, C)
     share = np.maximum(along, 0) ** 2 / norm2 / np.maximum((err ** 2 * w).sum(-1, keepdims=True), 1e-12)
     touch = arm + b[:, None, :2] - r * f                                                      # pusher touching the face

@@ -119,6 +119,10 @@ def test_repeat_tries_several_actions_from_one_state_and_leaves_the_original():
     for a in actions:
         env.step(a[[0, 3]], render=False)
     assert np.array_equal(env.block, twin.block[[0, 3]]) and np.array_equal(env.cov, twin.cov[[0, 3]])
+    err = np.array([env.cfg.goal]) - env.block
+    err[:, 2] = (err[:, 2] + np.pi) % (2 * np.pi) - np.pi  # the T has no symmetry: its angle wraps at 2 pi
+    assert env.cfg.symmetry == 1 and np.allclose(env.goal_distance(), np.sqrt((err[:, :2] ** 2).sum(1)
+                                                                              + env.c2 * err[:, 2] ** 2))
 
 
 def test_bad_actions_and_configs_raise():

@@ -113,16 +113,16 @@ def test_best_of_two_returns_documented_shapes_and_keeps_the_base_unless_beaten(
     assert candidates.shape == (3, 2, lay.action_chunk, lay.action_dim)
 
 
-def test_candidate_coverage_is_the_simulators_verdict_and_the_oracle_picks_by_it(policy, smoke_run, tmp_path):
+def test_candidate_distance_is_the_simulators_verdict_and_the_oracle_picks_by_it(policy, smoke_run, tmp_path):
     env = sim_env.VecPushEnv("push_block", 2, image_size=policy.image_size)
     env.reset([5, 6])
     toward = np.repeat(env.block[:, None, None, :2], 16, 2)  # (B, 1, K, A): every target at the block's centre
     candidates = np.concatenate([np.repeat(env.pusher[:, None, None], 16, 2), toward], 1)  # (B, 2, K, A): stay, push
-    cov = plan.candidate_coverage(env, candidates, steps=12)
-    assert np.array_equal(cov[:, 0], env.cov) and (cov[:, 1] != env.cov).any()  # standing still moves nothing
+    left = plan.candidate_distance(env, candidates, steps=12)
+    assert np.array_equal(left[:, 0], env.goal_distance()) and (left[:, 1] != left[:, 0]).any()  # still: no change
     for k in range(12):
         env.step(toward[:, 0, k])
-    assert np.array_equal(cov[:, 1], env.cov)
+    assert np.array_equal(left[:, 1], env.goal_distance())
     shutil.copy(smoke_run[0] / "policy.pt", tmp_path)
     gains = plan.evaluate(str(tmp_path / "policy.pt"), episodes=2, best_of=3, oracle=True, num_steps=1)["planning"]
     assert gains["chosen_gain"] == pytest.approx(gains["best_gain"]) and gains["best_gain"] >= 0
