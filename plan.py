@@ -299,10 +299,10 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
                "random": dict(random_floor(p.task, cfg.seed, len(results))),  # a copy: the cached one stays
                "best_of": cfg.best_of, "seconds": round(time.perf_counter() - t0, 1)}
     if cfg.best_of > 1:
-        chosen, best, switched, queries = np.sum([r["planning_gains"] for r in results], 0)
+        base, chosen, best, switched, queries = np.sum([r["planning_gains"] for r in results], 0)
         n = max(queries, 1)
-        summary["planning"] = {"queries": int(queries), "switched": switched / n, "chosen_gain": chosen / n,
-                               "best_gain": best / n}
+        summary["planning"] = {"queries": int(queries), "switched": switched / n, "base_progress": base / n,
+                               "chosen_gain": chosen / n, "best_gain": best / n}
     rand = summary["random"]
     print(f"eval {p.task}: success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) over {len(results)} "
           f"episodes, mean max coverage {summary['mean_max_coverage']:.3f}, best-of-{cfg.best_of}; random targets on "
@@ -311,9 +311,10 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
     if cfg.best_of > 1:
         ps = summary["planning"]
         print(f"planning ({'oracle: the real outcome' if cfg.oracle else 'its world model and value'}): over "
-              f"{ps['queries']} queries it switched from the base candidate in {ps['switched']:.1%}; after the "
-              f"executed steps the chosen candidate left the block {ps['chosen_gain']:+.4f} closer to the goal pose "
-              f"than the base candidate on average (table units), the best of the {cfg.best_of} {ps['best_gain']:+.4f}")
+              f"{ps['queries']} queries it switched from the base candidate in {ps['switched']:.1%}. Per query, the "
+              f"base candidate brought the block {ps['base_progress']:+.4f} closer to the goal pose on average (table "
+              f"units), the chosen one {ps['chosen_gain']:+.4f} more, the best of the {cfg.best_of} "
+              f"{ps['best_gain']:+.4f}")
     if cfg.collect_rollouts:
         sim_env.save_episodes(cfg.collect_rollouts, rollouts, p.task, p.image_size)
     return summary
@@ -441,8 +442,8 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
     done = np.zeros(len(seeds), bool)
     max_cov, success = info["coverage"].copy(), info["is_success"].copy()
     trace = [dict(obs={k: [v[i]] for k, v in obs.items()}, action=[], queries=[]) for i in range(len(seeds))]
-    gains = np.zeros((len(seeds), 4))  # per env, summed over its planning queries: how much closer to the goal pose
-    # than the base candidate (candidate_distance) the chosen and the best candidate left the block, switched, 1
+    gains = np.zeros((len(seeds), 5))  # per env, summed over its planning queries: how much closer to the goal pose
+    # the base candidate brought the block (candidate_distance), the chosen and the best candidate more, switched, 1
     query = 0
     while not done.all():
         if cfg.best_of > 1:
@@ -450,8 +451,9 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
             actions, values, best, x0, candidates = plan_best_of_n(p, planner, obs, cfg, cfg.seed + query, judge)
             left = candidate_distance(env, candidates.float().cpu().numpy(), cfg.action_steps)  # (B, N)
             chosen = best.cpu().numpy()
-            gains[~done] += np.stack([left[:, 0] - left[np.arange(len(seeds)), chosen], left[:, 0] - left.min(1),
-                                      chosen > 0, np.ones(len(seeds))], 1)[~done]
+            base = left[:, 0]
+            gains[~done] += np.stack([env.goal_distance() - base, base - left[np.arange(len(seeds)), chosen],
+                                      base - left.min(1), chosen > 0, np.ones(len(seeds))], 1)[~done]
         else:
             actions, x0, value = act(p, obs, cfg.num_steps, seed=cfg.seed + query)
             values, best = value[:, None], torch.zeros(len(seeds), dtype=torch.long)
