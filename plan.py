@@ -688,13 +688,13 @@ def parse_args(argv):
                              "[--field=value ...] (see this file's docstring for the four ways to run it). Options:"))
         sys.exit(0)
     c = PlanConfig(**train.cli_overrides(argv, PlanConfig))
+    train.check_device(c.device)
     if c.libero:
         assert c.instruction and c.primary and c.wrist and len(c.proprio) == 9, \
             "usage: python plan.py --libero=DIR --instruction=... --primary=a.png --wrist=b.png --proprio=[9 numbers]"
         libero_files(c.libero)
         return c
     assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
-    train.check_device(c.device)
     for flag in ("planning_ckpt", "open_loop"):
         assert not getattr(c, flag) or os.path.isfile(getattr(c, flag)), f"--{flag}: no file {getattr(c, flag)}"
     for path in checkpoint_paths(c.ckpt) + [c.planning_ckpt] * bool(c.planning_ckpt):  # names what matches nothing
