@@ -449,7 +449,8 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
         if cfg.best_of > 1:
             judge = (lambda c: -candidate_distance(env, c, cfg.action_steps)) if cfg.oracle else None
             actions, values, best, x0, candidates = plan_best_of_n(p, planner, obs, cfg, cfg.seed + query, judge)
-            left = candidate_distance(env, candidates.float().cpu().numpy(), cfg.action_steps)  # (B, N)
+            left = (-values.cpu().numpy() if cfg.oracle  # the judge has already played them
+                    else candidate_distance(env, candidates.float().cpu().numpy(), cfg.action_steps))  # (B, N)
             chosen = best.cpu().numpy()
             base = left[:, 0]
             gains[~done] += np.stack([env.goal_distance() - base, base - left[np.arange(len(seeds)), chosen],

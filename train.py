@@ -285,8 +285,9 @@ def save_atomic(obj, path):
 
 
 def load_file(path, **kwargs):
-    """torch.load(path) on the CPU, weights only. A file that is no torch file (cut short by a full disk or a copy, or
-    of another format) raises AssertionError naming it and the fix, not the unpickler's riddle."""
+    """The checkpoint at `path`, loaded on the CPU with weights_only=True. A file that is no torch file (cut short by
+    a full disk or a copy, or of another format) raises AssertionError naming it and the fix, not the unpickler's
+    riddle."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
@@ -658,7 +659,8 @@ def average_checkpoints(cfg, name):
 def cli_overrides(argv, cls, extra=()):
     """`--field=value` arguments -> {field: value} for the dataclass `cls` (plus the names in `extra`). A str field
     takes the text as it is; the others parse it with ast.literal_eval and must then have their field's type (an int
-    is a float too; a tuple field also takes a list, or text its config splits). Unknown or malformed arguments raise."""
+    is a float too; a tuple field also takes a list, or text its config splits). Unknown or malformed arguments
+    raise."""
     bad = [a for a in argv if not (a.startswith("--") and "=" in a)]
     assert not bad, f"arguments must look like --field=value, got {bad}"
     kv = dict(a[2:].split("=", 1) for a in argv)
