@@ -114,7 +114,7 @@ class PlanConfig:
         small = {k: getattr(self, k) for k in ("episodes", "num_steps", "action_steps", "best_of", "batch", "samples",
                                                "last") if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
-        assert self.gifs >= 0, f"gifs {self.gifs} must be >= 0"
+        assert 0 <= self.gifs <= self.episodes, f"gifs {self.gifs}: one per episode at most, 0 to {self.episodes}"
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
         steps = self.wm_steps + self.value_steps
         assert all(isinstance(s, int) and s >= 1 for s in steps), \
@@ -696,11 +696,15 @@ def parse_args(argv):
         libero_files(c.libero)
         return c
     assert c.ckpt, "usage: python plan.py --ckpt=runs/<run>/policy.pt [--episodes=200 --best_of=8 ...]"
-    for flag in ("planning_ckpt", "open_loop"):
-        assert not getattr(c, flag) or os.path.isfile(getattr(c, flag)), f"--{flag}: no file {getattr(c, flag)}"
-    for path in checkpoint_paths(c.ckpt) + [c.planning_ckpt] * bool(c.planning_ckpt):  # names what matches nothing
+    assert not c.planning_ckpt or os.path.isfile(c.planning_ckpt), f"--planning_ckpt: no file {c.planning_ckpt}"
+    ckpts = checkpoint_paths(c.ckpt)  # names what matches nothing
+    for path in ckpts + [c.planning_ckpt] * bool(c.planning_ckpt):
         assert {"dit_config", "vae"} <= set(train.load_file(path, mmap=True)), \
             f"{path} is not a policy checkpoint written by train.py (policy.pt, planner.pt, policy_step<N>.pt, ...)"
+    if c.open_loop:
+        assert len(ckpts) == 1, f"--open_loop scores one checkpoint; --ckpt={c.ckpt} names {len(ckpts)}"
+        ck = train.load_file(ckpts[0], mmap=True)
+        train.check_episode_file("open_loop", c.open_loop, ck["task"], ck["image_size"])
     folder = os.path.dirname(os.path.abspath(c.collect_rollouts))
     assert not c.collect_rollouts or os.path.isdir(folder), f"--collect_rollouts: no folder {folder}"
     return c

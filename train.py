@@ -130,6 +130,9 @@ class TrainConfig:
         self.vae_dim_mult = tuple(self.vae_dim_mult)
         assert all(isinstance(m, int) and m >= 1 for m in self.vae_dim_mult), \
             f"vae_dim_mult {self.vae_dim_mult}: channel multipliers, positive integers such as (1, 2, 4)"
+        kept = self.policy_steps // self.keep_every if self.keep_every else 0
+        assert kept <= 50, f"--keep_every={self.keep_every} would keep {kept} checkpoints of {self.policy_steps} " \
+            f"policy steps: raise it (e.g. --keep_every={-(-self.policy_steps // 5)})"
 
     @classmethod
     def smoke(cls):  # the whole pipeline in well under a minute on 2 CPU cores: proves it runs, learns nothing
@@ -713,6 +716,16 @@ def check_device(name):
         f"--device={name}: this torch ({torch.__version__}) sees no CUDA device; use --device=auto or --device=cpu"
 
 
+def check_episode_file(flag, path, task, image_size):
+    """A demo or rollout file given on the command line must exist and hold `task` at `image_size` (sim_env's
+    format): checked in a second or so, before any stage spends minutes on the ones before it."""
+    assert os.path.isfile(path), f"--{flag}: no file {path}"
+    try:
+        sim_env.load_demos(path, task=task, image_size=image_size)
+    except ValueError as e:
+        raise AssertionError(f"--{flag}: {e}") from e
+
+
 def parse_args(argv):
     """`--preset=` picks the starting point (default cpu), then `--field=value` overrides its fields. Bad options
     raise AssertionError; --help prints every option with the preset's value and exits."""
@@ -729,8 +742,9 @@ def parse_args(argv):
     cfg.run_dir = cfg.run_dir or f"runs/{preset}_{cfg.task}"
     check_device(cfg.device)
     # Files the later stages need, checked before the earlier ones spend minutes.
-    for flag, path in [("vae", cfg.vae)] * bool(cfg.vae) + [("rollouts", r) for r in cfg.rollouts]:
-        assert os.path.isfile(path), f"--{flag}: no file {path}"
+    assert not cfg.vae or os.path.isfile(cfg.vae), f"--vae: no file {cfg.vae}"
+    for path in cfg.rollouts:
+        check_episode_file("rollouts", path, cfg.task, cfg.image_size)
     video = os.path.join(cfg.run_dir, "video.pt")
     assert cfg.stage != "policy" or cfg.init != "video" or os.path.isfile(video), \
         f"--stage=policy starts from {video}, which is not there: run --stage=video first, or pass --init=scratch"

@@ -16,6 +16,7 @@ from PIL import Image
 import latent_injection as li
 import plan
 import sim_env
+import train
 from conftest import ROOT
 
 
@@ -47,9 +48,6 @@ def test_cli_checks_its_options_and_files_before_any_work(tmp_path, capsys):
     assert all(f"--{f.name}=" in text for f in dataclasses.fields(plan.PlanConfig))
     with pytest.raises(AssertionError, match="no checkpoint matches"):
         plan.parse_args([f"--ckpt={tmp_path}/policy.pt"])
-    (tmp_path / "policy.pt").touch()
-    with pytest.raises(AssertionError, match="--open_loop: no file"):
-        plan.parse_args([f"--ckpt={tmp_path}/policy.pt", f"--open_loop={tmp_path}/demos.npz"])
     with pytest.raises(AssertionError, match="usage"):
         plan.parse_args(["--episodes=10"])
     out = subprocess.run([sys.executable, "plan.py", f"--ckpt={tmp_path}/nothing*.pt"], cwd=ROOT, capture_output=True,
@@ -72,11 +70,25 @@ def observation(policy, n, seed=0):
     (["--ckpt={run}/vae.pt"], "vae.pt is not a policy checkpoint"), (["--ckpt={run}/demos.npz"], "not a readable"),
     (["--ckpt={run}/policy.pt", "--planning_ckpt={run}/video.pt"], "video.pt is not a policy checkpoint"),
     (["--ckpt={run}/policy.pt", "--collect_rollouts={run}/none/r.npz"], "--collect_rollouts: no folder"),
+    (["--ckpt={run}/policy.pt", "--open_loop={run}/none.npz"], "--open_loop: no file"),
+    (["--ckpt={run}/policy.pt", "--open_loop={run}/policy.pt"], "policy.pt: not a demo file"),
+    (["--ckpt={run}/policy_step*.pt", "--open_loop={run}/demos.npz"], "--open_loop scores one checkpoint"),
+    (["--ckpt={run}/policy.pt", "--episodes=2", "--gifs=3"], "gifs 3: one per episode at most"),
     (["--ckpt={run}/policy.pt", "--wm_steps=abc"], "denoising step counts"),
     (["--ckpt={run}/policy.pt", "--episodes=abc"], "--episodes=abc: expected int")])
 def test_cli_rejects_wrong_files_and_mistyped_options(smoke_run, args, message):
     with pytest.raises(AssertionError, match=re.escape(message)):
         plan.parse_args([a.format(run=smoke_run[0]) for a in args])
+
+
+def test_an_episode_file_of_another_size_or_task_is_refused_before_any_work(smoke_run, tmp_path):
+    other = tmp_path / "demos16.npz"
+    sim_env.collect_demos("push_block", 1, 0, str(other), image_size=16, keep_failures=True)
+    expected = "holds task 'push_block' at image_size 16; expected 'push_block' at 32"
+    with pytest.raises(AssertionError, match=re.escape(f"--open_loop: {other}: {expected}")):
+        plan.parse_args([f"--ckpt={smoke_run[0]}/policy.pt", f"--open_loop={other}"])
+    with pytest.raises(AssertionError, match=re.escape(f"--rollouts: {other}: {expected}")):
+        train.parse_args(["--preset=smoke", f"--run_dir={tmp_path}", f"--rollouts={other}"])
 
 
 def test_a_killed_evaluation_says_so_and_keeps_its_finished_batches(smoke_run, tmp_path):
