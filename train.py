@@ -662,11 +662,11 @@ def average_checkpoints(cfg, name):
 def cli_overrides(argv, cls, extra=()):
     """`--field=value` arguments -> {field: value} for the dataclass `cls` (plus the names in `extra`). A str field
     takes the text as it is; the others parse it with ast.literal_eval and must then have their field's type (an int
-    is a float too; a tuple field also takes a list, or text its config splits). Unknown or malformed arguments
-    raise."""
+    is a float too; a tuple field also takes a list, or text its config splits). Dashes in a name read as
+    underscores (--planning-ckpt is --planning_ckpt), as argparse has it. Unknown or malformed arguments raise."""
     bad = [a for a in argv if not (a.startswith("--") and "=" in a)]
     assert not bad, f"arguments must look like --field=value, got {bad}"
-    kv = dict(a[2:].split("=", 1) for a in argv)
+    kv = {k.replace("-", "_"): v for k, v in (a[2:].split("=", 1) for a in argv)}
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     unknown = sorted(set(kv) - set(types) - set(extra))
     assert not unknown, f"unknown option(s) {unknown}; valid: {sorted(set(types) | set(extra))}"

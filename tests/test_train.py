@@ -66,7 +66,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine
 def test_parse_args_rejects_mistyped_options_and_missing_files_before_any_work(arg, message, tmp_path):
     with pytest.raises(AssertionError, match=re.escape(message)):
         train.parse_args(["--preset=smoke", f"--run_dir={tmp_path}", arg])
-    cfg = train.parse_args(["--lr=1", "--run_dir=123", "--vae_dim_mult=[1, 2, 4]"])
+    cfg = train.parse_args(["--lr=1", "--run-dir=123", "--vae_dim_mult=[1, 2, 4]"])
     assert (cfg.lr, type(cfg.lr), cfg.run_dir, cfg.vae_dim_mult) == (1.0, float, "123", (1, 2, 4))
 
 
