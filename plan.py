@@ -17,8 +17,9 @@ candidate 0 only if strictly better. Every planning evaluation also tries each c
 (`candidate_distance`) and reports how much closer to the goal its choice really left the block than candidate 0,
 against what the best candidate would have; --oracle executes that best one: a perfect world model's choice.
 
-Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score, and
-    "random": random_floor(task, seed, episodes), random targets' rate, interval and coverage on the same seeds);
+Public: evaluate(ckpt, ...) -> dict (success rate with a 95% Wilson interval, mean max coverage, Push-T score,
+    "random": random_floor(task, seed, episodes), random targets' rate, interval and coverage on the same seeds, and
+    "by_start": by_start(results), success by where the pusher starts, seen from the block);
 evaluate_checkpoints(paths, last=5, ...) -> {"runs": [dict per path], "best": path, "mean_last": dict}: the same seeds
     for every checkpoint, reported as Diffusion Policy does (best checkpoint, mean of the last k);
 load_policy(path) -> Policy; act(policy, obs) -> (actions (B, K, A), x0 (B, C, T, H, W), value (B,));
@@ -298,6 +299,7 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
                "pusht_score": float(np.mean([min(r["max_coverage"] / 0.95, 1.0) for r in results])),
                "random": dict(random_floor(p.task, cfg.seed, len(results))),  # a copy: the cached one stays
                "best_of": cfg.best_of, "seconds": round(time.perf_counter() - t0, 1)}
+    summary["by_start"] = by_start(results)
     if cfg.best_of > 1:
         base, chosen, best, switched, queries = np.sum([r["planning_gains"] for r in results], 0)
         n = max(queries, 1)
@@ -308,6 +310,12 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
           f"episodes, mean max coverage {summary['mean_max_coverage']:.3f}, best-of-{cfg.best_of}; random targets on "
           f"the same seeds: {rand['success_rate']:.3f} ({rand['ci95'][0]:.3f}-{rand['ci95'][1]:.3f}), "
           f"{rand['mean_max_coverage']:.3f}")
+    bs = summary["by_start"]
+    print("by where the pusher starts, seen from the block (0 deg: between it and the goal): " + "; ".join(
+        f"{b['degrees'][0]}-{b['degrees'][1]} deg ({b['start']}) {b['success_rate']:.1%} of {b['episodes']}"
+        for b in bs["buckets"] if b["episodes"]) + (f". The {bs['failures']} failures' blocks end a median "
+        f"{bs['failures_median_final_distance']:.2f} from the goal pose (they started "
+        f"{bs['failures_median_start_distance']:.2f} away)" if bs["failures"] else ""))
     if cfg.best_of > 1:
         ps = summary["planning"]
         print(f"planning ({'oracle: the real outcome' if cfg.oracle else 'its world model and value'}): over "
@@ -323,10 +331,11 @@ def evaluate(ckpt, episodes=200, device="auto", **overrides):
 def partial_results_path(cfg, dev):
     """Where an evaluation keeps its finished batches until it ends: beside the checkpoint, named by everything that
     changes the outcome (the checkpoints' sizes and times too), so an interrupted run of the same command resumes
-    and any other starts anew."""
+    and any other starts anew. `fields` names what run_batch records per episode, so a batch kept by an older
+    version, which lacks some, is not resumed."""
     files = [cfg.ckpt] + [cfg.planning_ckpt] * bool(cfg.planning_ckpt)
     key = dict(dataclasses.asdict(cfg), device=dev.type, files=[(os.stat(f).st_size, os.stat(f).st_mtime_ns)
-                                                                 for f in files])
+                                                                 for f in files], fields=EPISODE_FIELDS)
     return f"{cfg.ckpt}.eval-{zlib.crc32(json.dumps(key, sort_keys=True).encode()):08x}.partial"
 
 
@@ -439,6 +448,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
     env = sim_env.VecPushEnv(p.task, len(seeds), image_size=p.image_size)
     bar_end = bar.n + env.cfg.max_steps
     obs, info = env.reset(seeds)
+    start_angle, start_distance = env.approach_angle(), env.goal_distance()
     done = np.zeros(len(seeds), bool)
     max_cov, success = info["coverage"].copy(), info["is_success"].copy()
     trace = [dict(obs={k: [v[i]] for k, v in obs.items()}, action=[], queries=[]) for i in range(len(seeds))]
@@ -487,8 +497,31 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
                                  success=bool(success[i]), seed=seeds[i]))
         if offset + i < cfg.gifs:
             write_gif(cfg, p, t, seeds[i], bool(success[i]))
-    return [dict(success=bool(s), max_coverage=float(c), planning_gains=g.tolist())
-            for s, c, g in zip(success, max_cov, gains)]
+    return [dict(zip(EPISODE_FIELDS, (bool(s), float(c), g.tolist(), float(a), float(d0), float(d1))))
+            for s, c, g, a, d0, d1 in zip(success, max_cov, gains, start_angle, start_distance, env.goal_distance())]
+
+
+EPISODE_FIELDS = ("success", "max_coverage", "planning_gains", "start_angle", "start_distance", "final_distance")
+
+
+# Where the pusher starts, seen from the block (sim_env.VecPushEnv.approach_angle): on the goal's side it must first
+# go around the block, which one policy failed in 95% of such episodes while another did better there than behind it.
+START_ANGLES = ((0, 30, "on the goal's side: around the block first"), (30, 90, "beside it"),
+                (90, 180, "behind it"))
+
+
+def by_start(results):
+    """Success per START_ANGLES bucket, and how far the failures' blocks end from the goal pose against where they
+    started (median, table units: sim_env.VecPushEnv.goal_distance): failures that pushed the block away, into the
+    rim, end further than they began."""
+    angle, ok = (np.array([r[k] for r in results]) for k in ("start_angle", "success"))
+    buckets = [{"degrees": [lo, hi], "start": name, "episodes": int(m.sum()),
+                "success_rate": float(ok[m].mean()) if m.any() else None}
+               for lo, hi, name in START_ANGLES for m in [(angle >= lo) & ((angle < hi) | (hi == 180))]]
+    failed = [r for r in results if not r["success"]]
+    ends = {f"failures_median_{k}": float(np.median([r[k] for r in failed])) if failed else None
+            for k in ("start_distance", "final_distance")}
+    return {"buckets": buckets, "failures": len(failed), **ends}
 
 
 @torch.no_grad()

@@ -26,10 +26,11 @@ auto-resets: an ended episode ignores actions and keeps its final state, reward 
 Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **overrides): reset(seed) -> (obs,
 info), step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N,
 image_size): reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False),
-observe(), repeat(n) -> N*n copies of the current states, goal_distance() -> (N,); expert_actions(vec_env, noise, rng)
--> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller; score_controller(task, seeds, controller) ->
-(success, max coverage, steps) (N,) each; collect_demos(task, n_episodes, seed, path, explore) -> summary;
-save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size) -> dict of arrays.
+observe(), repeat(n) -> N*n copies of the current states, goal_distance() -> (N,), approach_angle() -> (N,);
+expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller;
+score_controller(task, seeds, controller) -> (success, max coverage, steps) (N,) each; collect_demos(task, n_episodes,
+seed, path, explore) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size)
+-> dict of arrays.
 """
 import copy
 import dataclasses
@@ -161,6 +162,13 @@ class VecPushEnv:
 
     def goal_distance(self):  # -> (N,) each block's distance to the goal pose, the angle weighted by c^2 (expert's)
         return np.sqrt((self.pose_error(self.block) ** 2 * [1, 1, self.c2]).sum(-1))
+
+    def approach_angle(self):  # -> (N,) degrees, at each block's centroid, between the pusher and the goal
+        """180: the pusher is behind the block, ready to push it to the goal; 0: on the goal's side, so it must first
+        go around the block (the expert's detour), or it pushes the block away."""
+        to_p, to_g = self.pusher - self.block[:, :2], self.goal[:, :2] - self.block[:, :2]
+        cross = to_p[:, 0] * to_g[:, 1] - to_p[:, 1] * to_g[:, 0]
+        return np.degrees(np.abs(np.arctan2(cross, (to_p * to_g).sum(1))))
 
     def sdf(self, pts, block):
         """Points (N, M, 2) -> signed distance to the block (N, M), outward unit normal (N, M, 2); exact outside."""

@@ -332,3 +332,11 @@ def test_damaged_or_mismatched_demo_files_raise(tmp_path):
     for name in (*broken, *arrays):
         with pytest.raises(ValueError):
             load_demos(str(tmp_path / name))
+
+
+def test_approach_angle_is_0_between_block_and_goal_and_180_behind_the_block():
+    env = VecPushEnv("push_block", 4, image_size=16)
+    env.reset([0, 1, 2, 3])
+    env.block[:, :2] = [[0.3, 0.5], [0.3, 0.5], [0.5, 0.7], [0.5, 0.7]]  # left of the goal (0.5, 0.5), below it
+    env.pusher[:] = [[0.45, 0.5], [0.1, 0.5], [0.5, 0.9], [0.7, 0.7]]  # goal side, behind; behind, beside
+    assert np.allclose(env.approach_angle(), [0, 180, 180, 90])

@@ -91,6 +91,16 @@ def test_an_episode_file_of_another_size_or_task_is_refused_before_any_work(smok
         train.parse_args(["--preset=smoke", f"--run_dir={tmp_path}", f"--rollouts={other}"])
 
 
+def test_success_by_start_counts_every_episode_once_and_compares_the_failures_ends_with_their_starts():
+    angles, won = [0, 29.9, 30, 89, 90, 180, 180], [False, True, False, False, True, True, False]
+    results = [dict(start_angle=a, success=w, start_distance=0.2 + i / 100, final_distance=0.4 + i / 100)
+               for i, (a, w) in enumerate(zip(angles, won))]
+    out = plan.by_start(results)
+    assert [(b["episodes"], b["success_rate"]) for b in out["buckets"]] == [(2, 0.5), (2, 0.0), (3, 2 / 3)]
+    assert out["failures"] == 4 and out["failures_median_start_distance"] == pytest.approx(0.225)
+    assert out["failures_median_final_distance"] == pytest.approx(0.425)
+
+
 def test_a_killed_evaluation_says_so_and_keeps_its_finished_batches(smoke_run, tmp_path):
     shutil.copy(smoke_run[0] / "policy.pt", tmp_path)
     proc = subprocess.Popen([sys.executable, "plan.py", f"--ckpt={tmp_path / 'policy.pt'}", "--episodes=50",
@@ -162,6 +172,9 @@ def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_ru
     assert summary["episodes"] == 2 and summary["best_of"] == 2 and 0 <= summary["success_rate"] <= 1
     gains = summary["planning"]
     assert gains["queries"] >= 2 and gains["best_gain"] >= max(gains["chosen_gain"], 0)
+    starts = summary["by_start"]
+    assert sum(b["episodes"] for b in starts["buckets"]) == 2 and starts["failures"] == 2 - round(2 * summary[
+        "success_rate"])
     lo, hi = summary["ci95"]
     assert 0 <= lo <= summary["success_rate"] <= hi <= 1 and 0 <= summary["mean_max_coverage"] <= 1
     _, floor_cov, _ = sim_env.score_controller("push_block", [100_000, 100_001],
