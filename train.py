@@ -78,6 +78,7 @@ class TrainConfig:
     n_play: int = 200  # action-free episodes (a noisier expert) for video pretraining
     play_noise: float = 0.1  # expert target noise (table units): ~50% success, long episodes full of pushing
     demo_explore: float = 0.0  # DART: noise on the demos' executed targets, recorded clean (sim_env.collect_demos)
+    demo_margin: float = 0.0  # the expert's extra clearance from the block on its way round it (sim_env.expert_actions)
     n_clips: int = 4000  # 33-frame video clips encoded for pretraining
     vae: str = ""  # path to the official Wan2.1 tokenizer.pth: use it instead of training a VAE (with --dit=...2b)
     vae_dim: int = 8  # the VAE's base channel width (Wan2.1: 96)
@@ -115,7 +116,7 @@ class TrainConfig:
                   "eval_steps")
         small = {k: getattr(self, k) for k in counts if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
-        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "average")
+        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "average", "demo_margin")
                     if getattr(self, k) < 0}
         assert not negative, f"{negative}: these must be >= 0"
         assert self.vae_batch >= 2 and self.vae_batch % 2 == 0, \
@@ -306,8 +307,8 @@ def load_file(path, **kwargs):
 # whatever the command line now says, so a difference is reported: `--seed=1` in seed 0's folder would re-score seed 0.
 DIT_OPTIONS = ("dit", "width", "blocks", "heads", "action_chunk", "batch_size", "lr", "warmup", "weight_decay",
                "grad_accum")
-BUILT_FROM = {"vae": ("task", "seed", "image_size", "n_demos", "n_play", "play_noise", "demo_explore", "vae", "vae_dim",
-                      "vae_dim_mult", "vae_batch", "vae_lr"),
+BUILT_FROM = {"vae": ("task", "seed", "image_size", "n_demos", "n_play", "play_noise", "demo_explore", "demo_margin",
+                      "vae", "vae_dim", "vae_dim_mult", "vae_batch", "vae_lr"),
               "video": ("n_clips",) + DIT_OPTIONS,
               "policy": ("init", "rollouts", "relative_actions", "proprio_dim", "action_quantile",
                          "action_loss_multiplier", "demo_prob", "value_sprime", "lr_final") + DIT_OPTIONS}
@@ -466,7 +467,7 @@ def stage_demos(cfg):
     rank, world = rank_world()
     if rank == 0 and not os.path.exists(demos):
         print(sim_env.collect_demos(cfg.task, cfg.n_demos, cfg.seed, demos, image_size=cfg.image_size,
-                                    explore=cfg.demo_explore))
+                                    explore=cfg.demo_explore, margin=cfg.demo_margin))
     if rank == 0 and not os.path.exists(play):
         print(sim_env.collect_demos(cfg.task, cfg.n_play, cfg.seed + 10**6, play, image_size=cfg.image_size,
                                     noise=cfg.play_noise, keep_failures=True))

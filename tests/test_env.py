@@ -340,3 +340,22 @@ def test_approach_angle_is_0_between_block_and_goal_and_180_behind_the_block():
     env.block[:, :2] = [[0.3, 0.5], [0.3, 0.5], [0.5, 0.7], [0.5, 0.7]]  # left of the goal (0.5, 0.5), below it
     env.pusher[:] = [[0.45, 0.5], [0.1, 0.5], [0.5, 0.9], [0.7, 0.7]]  # goal side, behind; behind, beside
     assert np.allclose(env.approach_angle(), [0, 180, 180, 90])
+
+
+def test_the_expert_with_a_margin_keeps_it_on_its_way_to_the_block_and_still_succeeds():
+    seeds = list(range(20))
+    for margin, lo, hi in [(0.0, 0.0, 0.005), (0.03, 0.028, 0.05)]:
+        env = VecPushEnv("push_block", len(seeds))
+        env.reset(seeds)
+        gaps, moved = [], []
+        for _ in range(60):
+            before = env.block.copy()
+            env.step(expert_actions(env, margin=margin), render=False)
+            gaps.append(env.sdf(env.pusher[:, None], env.block)[0][:, 0] - env.cfg.pusher_radius)
+            moved.append((env.block != before).any(1))
+        first = np.array(moved).argmax(0)  # the step at which each pusher first moves its block
+        assert (first > 3).all()
+        closest = min(np.array(gaps)[:f - 3, i].min() for i, f in enumerate(first))  # until the final approach
+        assert lo <= closest < hi, (margin, closest)
+        ok, _, _ = score_controller("push_block", seeds, lambda e: expert_actions(e, margin=margin))
+        assert ok.all()
