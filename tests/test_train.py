@@ -48,7 +48,8 @@ def test_parse_args_rejects_unknown_and_malformed_options():
                                           ("--vae_batch=3", "even number"), ("--heads=3", "divisible by heads"),
                                           ("--image_size=36", "multiple of 8"), ("--warmup=-1", "warmup"),
                                           ("--keep_every=0", "add --keep_every"),
-                                          ("--keep_every=10", "would keep 320 checkpoints of 3200 policy steps")])
+                                          ("--keep_every=10", "would keep 320 checkpoints of 3200 policy steps"),
+                                          ("--demo_margin=-0.01", "demo_margin")])
 def test_parse_args_rejects_bad_values_before_any_work(arg, message):
     with pytest.raises(AssertionError, match=message):
         train.parse_args(["--preset=cpu", arg])
