@@ -27,10 +27,10 @@ Public: EnvConfig (presets push_block(), push_t()); PushEnv(task, image_size, **
 info), step((2,)) -> (obs, reward, terminated, truncated, info), render() -> (256, 256, 3); VecPushEnv(task, N,
 image_size): reset(seeds (N,)), step((N, 2), render=True) stacked over N (obs has only proprio when render=False),
 observe(), repeat(n) -> N*n copies of the current states, goal_distance() -> (N,), approach_angle() -> (N,);
-expert_actions(vec_env, noise, rng) -> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller;
+expert_actions(vec_env, noise, rng, margin) -> (N, 2); expert_action(env) -> (2,); random_targets(rng) -> controller;
 score_controller(task, seeds, controller) -> (success, max coverage, steps) (N,) each; collect_demos(task, n_episodes,
-seed, path, explore) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task, image_size)
--> dict of arrays.
+seed, path, explore, margin) -> summary; save_episodes(path, episodes, task, image_size); load_demos(path, task,
+image_size) -> dict of arrays.
 """
 import copy
 import dataclasses
@@ -425,7 +425,7 @@ def collect_demos(task, n_episodes, seed, path, image_size=64, noise=0.01, num_e
     them if keep_failures) to path -> {'attempted', 'kept', 'success_rate', 'mean_len'} (env steps, kept episodes).
     explore: std (table units) of Gaussian noise on the executed target only; the file records the expert's target.
     That is DART (Laskey et al., 2017): the demos visit the slightly-off states a learned policy drifts into, each
-    labelled with the expert's correction."""
+    labelled with the expert's correction. margin: the expert's clearance from the block on its way round it."""
     rng, kept, successes = np.random.default_rng(seed), [], 0
     with tqdm(total=n_episodes, desc=f"expert demos {task}") as bar:
         for lo in range(seed, seed + n_episodes, num_envs):
