@@ -515,9 +515,10 @@ def by_start(results):
     started (median, table units: sim_env.VecPushEnv.goal_distance): failures that pushed the block away, into the
     rim, end further than they began."""
     angle, ok = (np.array([r[k] for r in results]) for k in ("start_angle", "success"))
+    which = np.digitize(angle, [lo for lo, _, _ in START_ANGLES[1:]])  # (E,) bucket index; 180 falls in the last
     buckets = [{"degrees": [lo, hi], "start": name, "episodes": int(m.sum()),
                 "success_rate": float(ok[m].mean()) if m.any() else None}
-               for lo, hi, name in START_ANGLES for m in [(angle >= lo) & ((angle < hi) | (hi == 180))]]
+               for j, (lo, hi, name) in enumerate(START_ANGLES) for m in [which == j]]
     failed = [r for r in results if not r["success"]]
     ends = {f"failures_median_{k}": float(np.median([r[k] for r in failed])) if failed else None
             for k in ("start_distance", "final_distance")}
