@@ -306,8 +306,8 @@ def expert_actions(env, noise=0.0, rng=None, margin=0.0):
     for diverse demos; needs rng (np.random.Generator). margin: extra clearance (table units) from the block on the
     way to a face: its paths keep it (or, starting closer, get no closer), its circle and its approach point stand
     that much further out. 0 grazes the block, fine for the expert but not for a policy that imitates it to within a
-    few hundredths: 0.03 took two runs from 25.5% and 31.0% to 87.0% and 63.0% (README). Tuned on seeds 0-199;
-    bench.py measures 100000-100199."""
+    few hundredths: 0.03 took three training seeds' policies from 29.5% on average to 66.0% (README). Tuned on seeds
+    0-199; bench.py measures 100000-100199."""
     if noise and rng is None:
         raise ValueError("expert_actions: noise > 0 needs rng")
     r, b, p, i = env.cfg.pusher_radius, env.block, env.pusher, np.arange(env.num_envs)
