@@ -392,7 +392,8 @@ def train_loop(cfg, name, model, steps, lr, batch_size, make_batch, compute_loss
     warmup = min(cfg.warmup, max(1, steps // 10))
     model.train()
     t0, seen, log = time.perf_counter(), 0, {}
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc=name, disable=rank > 0)
+    # disable only on other ranks: an explicit disable=False would override TQDM_DISABLE=1 on rank 0 (plan.py obeys it)
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=name, **({"disable": True} if rank else {}))
     for step in bar:
         rate = learning_rate(step, steps, lr, warmup, final)
         for group in opt.param_groups:
