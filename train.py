@@ -6,9 +6,10 @@ with the LIBERO dataset of cosmos_policy/datasets/libero_dataset.py. Here all of
 
 Stages (`--stage=all` runs them in order, skipping what is already done in the run folder):
   demos  : scripted-expert demonstrations (sim_env.collect_demos) and action-free "play" videos for pretraining.
-  vae    : train the tiny Wan-architecture VAE (reconstruction + small KL), then measure the per-channel latent
-           mean/std that normalise latents (the role of Wan2.1's 16 constants); vae_recon.png shows what it keeps,
-           and a warning says when every view reconstructs no better than the images' average (a blind VAE).
+  vae    : train the tiny Wan-architecture VAE (reconstruction + small KL; --vae_long_steps ends it on clips as long
+           as the pseudo-videos), then measure the per-channel latent mean/std that normalise latents (the role of
+           Wan2.1's 16 constants); vae_recon.png shows what it keeps, and a warning says when every view reconstructs
+           no better than the images' average (a blind VAE).
   video  : pretrain the DiT as a plain video model on 1+4(T-1) consecutive real frames, the first latent frames as
            conditioning: our stand-in for Cosmos-Predict2's pretraining.
   policy : the paper's fine-tuning. Each sample is a pseudo-video (Layout.toy(): blank, proprio, wrist, primary,
@@ -90,6 +91,7 @@ class TrainConfig:
     vae_steps: int = 2000  # VAE training steps
     vae_batch: int = 8  # 9-frame clips; the VAE, not the DiT, dominates CPU time
     vae_lr: float = 3e-3  # the VAE's peak learning rate
+    vae_long_steps: int = 0  # then VAE steps on clips as long as the pseudo-videos, at a tenth of the rate (README)
     video_steps: int = 2000  # video pretraining steps
     policy_steps: int = 4000  # policy (or planner) steps; raising it continues a finished run
     batch_size: int = 32  # DiT samples per process and micro-step (the global batch: x processes x grad_accum)
@@ -116,7 +118,7 @@ class TrainConfig:
                   "eval_steps")
         small = {k: getattr(self, k) for k in counts if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
-        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "average", "demo_margin")
+        negative = {k: getattr(self, k) for k in ("warmup", "keep_every", "average", "demo_margin", "vae_long_steps")
                     if getattr(self, k) < 0}
         assert not negative, f"{negative}: these must be >= 0"
         assert self.vae_batch >= 2 and self.vae_batch % 2 == 0, \
@@ -224,12 +226,17 @@ def encode_pseudo_videos(vae, layout, data, rows, fut, device, batch=8, partial=
     return encode_batches(vae, len(rows), batch, video, "encode pseudo-videos", partial)  # (N, C, T, H, W)
 
 
+def clip_starts(episode_len, frames):
+    """(W,) first rows of every window of `frames` consecutive rows that stays inside one episode."""
+    lens = torch.as_tensor(episode_len)
+    return torch.cat([torch.arange(s, s + n - frames + 1) for s, n in zip(torch.cumsum(lens, 0) - lens, lens)
+                      if n >= frames] or [torch.zeros(0, dtype=torch.long)])
+
+
 @torch.no_grad()
 def encode_clips(vae, data, n_clips, frames, device, gen, batch=8, partial=None):
     """VAE latents of `n_clips` random windows of `frames` consecutive real frames of either camera."""
-    lens = torch.as_tensor(data["episode_len"])
-    starts = torch.cat([torch.arange(s, s + n - frames + 1) for s, n in zip(torch.cumsum(lens, 0) - lens, lens)
-                        if n >= frames])
+    starts = clip_starts(data["episode_len"], frames)
     assert len(starts), f"no episode has {frames} frames for video pretraining"
     pick = starts[torch.randint(len(starts), (n_clips,), generator=gen)]
     cams = torch.randint(2, (n_clips,), generator=gen)
@@ -478,14 +485,26 @@ def stage_demos(cfg):
 
 
 def stage_vae(cfg, demos, play, device):
-    """Reconstruction + small KL on pseudo-video-like clips [black, 4x image, 4x image] and real 9-frame clips."""
+    """Reconstruction + small KL on 9-frame clips, pseudo-video-like [black, 4x image, 4x image] and real ones, whose
+    variety of images per step gets the VAE off its plateau soonest; then, with `vae_long_steps`, on clips as long as
+    the pseudo-videos and video clips it will encode. Its causal convolutions see back to the first frame, so a latent
+    position it never trained on codes its image badly: after 9-frame clips alone, a VAE coded the primary view at
+    latent 3 of 9, where the layout puts it, 3x worse than at latent 2 (README: the VAE's slot positions)."""
     if cfg.vae:  # the released tokenizer, whose latents the released DiT was trained on
         return load_vae(cfg.vae, VAEConfig.wan21(), device=device)
     vcfg = vae_config(cfg)
     vae = WanVAE(vcfg).to(device)
+    layout = li.Layout.toy(action_chunk=cfg.action_chunk, proprio_dim=cfg.proprio_dim)
+    length = 1 + li.FRAMES_PER_LATENT * (layout.num_frames - 1)  # 33
     frames = np.concatenate([d[c] for d in (demos, play) for c in ("wrist", "primary")])  # (N, S, S, 3)
-    lens = torch.as_tensor(play["episode_len"])
-    starts = torch.cat([torch.arange(s, s + n - 8) for s, n in zip(torch.cumsum(lens, 0) - lens, lens) if n > 8])
+    starts = {n: clip_starts(play["episode_len"], n) for n in (9, length)}
+    assert len(starts[length]) or not cfg.vae_long_steps, \
+        f"no play episode has the {length} frames of a long VAE clip: collect more (--n_play) or --vae_long_steps=0"
+
+    def real_clips(n, b, gen):  # (b, 3, n, S, S) consecutive frames of one camera
+        rows = (starts[n][torch.randint(len(starts[n]), (b,), generator=gen)][:, None] + torch.arange(n)).numpy()
+        real = play[("wrist", "primary")[int(torch.randint(2, (1,), generator=gen))]][rows]  # (b, n, S, S, 3)
+        return rearrange(torch.from_numpy(real), "b n h w c -> b c n h w").float() / 127.5 - 1
 
     def make_batch(gen):
         b = cfg.vae_batch // 2
@@ -493,10 +512,14 @@ def stage_vae(cfg, demos, play, device):
         img[torch.rand(2 * b, generator=gen).numpy() < 0.2] = 0  # black frames, as the non-image slots
         pseudo = np.concatenate([np.zeros_like(img[:b, None]), img[:b, None].repeat(4, 1),
                                  img[b:, None].repeat(4, 1)], 1)  # (b, 9, S, S, 3)
-        rows = (starts[torch.randint(len(starts), (b,), generator=gen)][:, None] + torch.arange(9)).numpy()
-        real = play[("wrist", "primary")[int(torch.randint(2, (1,), generator=gen))]][rows]  # (b, 9, S, S, 3)
-        video = torch.from_numpy(np.concatenate([pseudo, real])).to(device)
-        return video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, 9, S, S)
+        pseudo = rearrange(torch.from_numpy(pseudo), "b n h w c -> b c n h w").float() / 127.5 - 1
+        return torch.cat([pseudo, real_clips(9, b, gen)]).to(device)  # (B, 3, 9, S, S)
+
+    def make_long_batch(gen):  # half as many clips, each 33 frames: a pseudo-video of the layout and a real clip
+        b = max(1, cfg.vae_batch // 4)
+        img = torch.from_numpy(frames[torch.randint(len(frames), (b * 4,), generator=gen).numpy()])  # (4b, S, S, 3)
+        pseudo = li.raw_frames(layout, {s: img[k::4] for k, s in enumerate(layout.image_slots)})  # (b, 3, 33, S, S)
+        return torch.cat([pseudo, real_clips(length, b, gen)]).to(device)  # (2b, 3, 33, S, S)
 
     def compute_loss(net, video, gen):
         recon, mu, log_var = net(video, gen)
@@ -504,8 +527,13 @@ def stage_vae(cfg, demos, play, device):
         kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
         return rec + 1e-3 * kl, {"recon": rec.detach(), "kl": kl.detach()}
 
-    vae = train_loop(cfg, "vae", vae, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch, make_batch, compute_loss,
-                     {"vae_config": asdict(vcfg)}, device)
+    extra = {"vae_config": asdict(vcfg)}
+    vae = train_loop(cfg, "vae", vae, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch, make_batch, compute_loss, extra, device)
+    if cfg.vae_long_steps:  # a fresh model and optimizer resume from vae.pt, as a rerun's would
+        if rank_world()[0] == 0:
+            print(f"[vae] then {cfg.vae_long_steps} steps on {length}-frame clips, the pseudo-videos' length")
+        vae = train_loop(cfg, "vae", WanVAE(vcfg).to(device), cfg.vae_steps + cfg.vae_long_steps, cfg.vae_lr / 10,
+                         2 * max(1, cfg.vae_batch // 4), make_long_batch, compute_loss, extra, device)
     with torch.no_grad():  # per-channel statistics of the posterior mean, the role of Wan2.1's 16 constants
         mu = vae.encode_moments(make_batch(torch.Generator().manual_seed(1)))[0]
         vae.cfg = dataclasses.replace(vcfg, latent_mean=tuple(mu.mean((0, 2, 3, 4)).tolist()),

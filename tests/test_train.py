@@ -190,6 +190,27 @@ def test_episode_index_pads_chunks_and_labels_values():
     assert to_go.tolist() == [1, 0, 0, 0, 0] and success.tolist() == [True] * 3 + [False] * 2
 
 
+def test_clip_windows_stay_inside_one_episode():
+    assert train.clip_starts([5, 2, 4], 4).tolist() == [0, 1, 7]  # rows 0-4, 5-6 (too short), 7-10
+    assert train.clip_starts([3], 4).tolist() == []
+
+
+def test_vae_ends_on_clips_as_long_as_the_pseudo_videos(smoke_run, tmp_path, monkeypatch):
+    run_dir, _ = smoke_run
+    for name in ("demos.npz", "play.npz"):
+        shutil.copy(run_dir / name, tmp_path / name)
+    cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(tmp_path), vae_steps=3, vae_long_steps=2)
+    demos, play = train.stage_demos(cfg)
+    seen, forward = [], train.WanVAE.forward
+    monkeypatch.setattr(train.WanVAE, "forward", lambda self, video, gen=None: seen.append(
+        (video.shape[0], video.shape[2])) or forward(self, video, gen))  # (clips, raw frames) of each training step
+    train.stage_vae(cfg, demos, play, torch.device("cpu"))
+    F = 1 + li.FRAMES_PER_LATENT * (li.Layout.toy().num_frames - 1)  # 33
+    assert seen == [(cfg.vae_batch, 9)] * 3 + [(cfg.vae_batch // 2, F)] * 2
+    ck = torch.load(tmp_path / "vae.pt", weights_only=True)
+    assert ck["step"] == 5 and ck["done"]
+
+
 def test_pseudo_videos_are_encoded_each_with_its_own_frames(smoke_run):
     run_dir, _ = smoke_run
     cfg = dataclasses.replace(train.TrainConfig.smoke(), run_dir=str(run_dir))
