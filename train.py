@@ -516,9 +516,9 @@ def stage_vae(cfg, demos, play, device):
         return torch.cat([pseudo, real_clips(9, b, gen)]).to(device)  # (B, 3, 9, S, S)
 
     def make_long_batch(gen):  # half as many clips, each 33 frames: a pseudo-video of the layout and a real clip
-        b = max(1, cfg.vae_batch // 4)
-        img = torch.from_numpy(frames[torch.randint(len(frames), (b * 4,), generator=gen).numpy()])  # (4b, S, S, 3)
-        pseudo = li.raw_frames(layout, {s: img[k::4] for k, s in enumerate(layout.image_slots)})  # (b, 3, 33, S, S)
+        b, slots = max(1, cfg.vae_batch // 4), layout.image_slots
+        img = torch.from_numpy(frames[torch.randint(len(frames), (b * len(slots),), generator=gen).numpy()])  # (bI,..)
+        pseudo = li.raw_frames(layout, {s: img[k::len(slots)] for k, s in enumerate(slots)})  # (b, 3, 33, S, S)
         return torch.cat([pseudo, real_clips(length, b, gen)]).to(device)  # (2b, 3, 33, S, S)
 
     def compute_loss(net, video, gen):
