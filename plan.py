@@ -87,6 +87,9 @@ class PlanConfig:
     episodes: int = 200  # evaluation episodes; with --open_loop, states
     seed: int = 100_000  # evaluation seeds seed..seed+episodes-1; demos use seeds from 0, so these are held out
     num_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
+    # The official 4 leaves LIBERO's 112 copies of each action number an effective noise of 4/sqrt(112) = 0.38; the
+    # cpu preset's 8x8 latents hold each only 32 times (0.71), so its last x0 still averages nearby modes (README).
+    sigma_min: float = 4.0  # the action samples' last sigma; world-model and value samples keep the official 4
     action_steps: int = 8  # actions executed per chunk before re-planning
     best_of: int = 1  # N candidates; 1 = the plain policy
     oracle: bool = False  # best-of-N picks the candidate that really gets closest to the goal (simulator copies)
@@ -115,6 +118,7 @@ class PlanConfig:
         small = {k: getattr(self, k) for k in ("episodes", "num_steps", "action_steps", "best_of", "batch", "samples",
                                                "last") if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
+        assert 0 < self.sigma_min < 80.0, f"sigma_min {self.sigma_min}: in (0, 80), below the sampler's sigma_max"
         assert 0 <= self.gifs <= self.episodes, f"gifs {self.gifs}: one per episode at most, 0 to {self.episodes}"
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
         steps = self.wm_steps + self.value_steps
@@ -186,12 +190,12 @@ def condition_latent(p, obs, full=False):
 
 
 @torch.no_grad()
-def act(p, obs, num_steps=5, seed=0, x_cond=None):
+def act(p, obs, num_steps=5, seed=0, x_cond=None, sigma_min=4.0):
     """Policy query in parallel mode: action, future state and value from one generation."""
     x_cond = condition_latent(p, obs) if x_cond is None else x_cond
     b = x_cond.shape[0]
     x0 = diffusion.sample(network(p), x_cond, li.condition_mask(p.layout, ["policy"] * b), num_steps,
-                          noise=noise_like(x_cond.shape[1:], [seed] * b, x_cond.device))
+                          noise=noise_like(x_cond.shape[1:], [seed] * b, x_cond.device), sigma_min=sigma_min)
     return env_actions(p, x0, obs), x0, li.read_value(x0, p.layout)
 
 
@@ -225,7 +229,8 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0, judge=None):
     value_kind = "value_sprime" if planner.value_sprime else "value"
     xc = x_cond.repeat_interleave(n, 0)  # (B*N, C, T, H, W)
     cand = noise_like(xc.shape[1:], [seed + i for _ in range(b) for i in range(n)], xc.device)
-    x0 = diffusion.sample(network(p), xc, li.condition_mask(p.layout, ["policy"] * b * n), cfg.num_steps, noise=cand)
+    x0 = diffusion.sample(network(p), xc, li.condition_mask(p.layout, ["policy"] * b * n), cfg.num_steps, noise=cand,
+                          sigma_min=cfg.sigma_min)
     candidates = env_actions(p, x0, obs, repeat=n)  # (B*N, K, A)
     candidates = candidates.view(b, n, *candidates.shape[1:])  # (B, N, K, A)
     values = []
@@ -378,7 +383,7 @@ def evaluate_checkpoints(paths, last=5, **kwargs):
 
 
 @torch.no_grad()
-def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, samples=1):
+def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, samples=1, sigma_min=4.0):
     """Imitation without the simulator: mean L1 (table units) between the policy's first `action_steps` targets and
     the demo's on `n` random demo states, against standing still (every target at the pusher). A policy that does not
     beat standing still on its own training states cannot succeed in closed loop (push_t, README). With samples > 1
@@ -398,8 +403,8 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     targets = data["action"][rows[:, None] + np.arange(k)]  # (n, k, A)
     here = data["proprio"][rows, None, :targets.shape[-1]]  # (n, 1, A)
     obs = [{c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")} for i in range(0, len(rows), batch)]
-    pred = np.stack([np.concatenate([act(p, o, num_steps, seed=seed + s)[0][:, :k].float().cpu().numpy() for o in obs])
-                     for s in range(samples)])  # (samples, n, k, A)
+    pred = np.stack([np.concatenate([act(p, o, num_steps, seed=seed + s, sigma_min=sigma_min)[0][:, :k].float().cpu()
+                                     .numpy() for o in obs]) for s in range(samples)])  # (samples, n, k, A)
     out = {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
            "standing_still_l1": float(np.abs(here - targets).mean())}
     if samples > 1:
@@ -466,7 +471,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
             gains[~done] += np.stack([env.goal_distance() - base, base - left[np.arange(len(seeds)), chosen],
                                       base - left.min(1), chosen > 0, np.ones(len(seeds))], 1)[~done]
         else:
-            actions, x0, value = act(p, obs, cfg.num_steps, seed=cfg.seed + query)
+            actions, x0, value = act(p, obs, cfg.num_steps, seed=cfg.seed + query, sigma_min=cfg.sigma_min)
             values, best = value[:, None], torch.zeros(len(seeds), dtype=torch.long)
         if rollouts is not None:
             imagined = imagine(p, obs, x0) if cfg.gifs else None
@@ -695,7 +700,7 @@ def libero_act(p, primary, wrist, proprio, instruction, cfg=None, seed=0, planne
         actions, values, best, x0, _ = plan_best_of_n(p, planner, obs, cfg, seed=seed)
         out.update(values=values[0].cpu().numpy(), best=int(best[0]))
     else:
-        actions, x0, _ = act(p, obs, cfg.num_steps, seed=seed)
+        actions, x0, _ = act(p, obs, cfg.num_steps, seed=seed, sigma_min=cfg.sigma_min)
     return {"actions": actions[0].float().cpu().numpy(), "future_images": imagine(p, obs, x0)[0],
             "value": float(li.read_value(x0, p.layout)[0]), **out}
 
@@ -750,7 +755,8 @@ def main(c):
     elif c.open_loop:
         pol = load_policy(c.ckpt, device_of(c))
         demos = sim_env.load_demos(c.open_loop, task=pol.task, image_size=pol.image_size)
-        print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch, c.samples)))
+        print(json.dumps(open_loop(pol, demos, c.episodes, c.action_steps, c.num_steps, c.seed, c.batch, c.samples,
+                                   c.sigma_min)))
     else:
         ckpts = checkpoint_paths(c.ckpt)
         if len(ckpts) > 1:

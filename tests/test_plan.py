@@ -164,6 +164,25 @@ def test_value_queries_use_the_planners_mask(policy, monkeypatch, sprime, kind):
     assert masks == [li.condition_frames(policy.layout, k).tolist() for k in ("policy", "world_model", kind)]
 
 
+def test_sigma_min_reaches_the_action_samples_only(policy, monkeypatch):
+    last, real = [], plan.diffusion.sample
+
+    def spy(net, x_cond, cond, num_steps, **kw):
+        last.append(kw.get("sigma_min", 4.0))
+        return real(net, x_cond, cond, num_steps, **kw)
+
+    monkeypatch.setattr(plan.diffusion, "sample", spy)
+    obs = observation(policy, 2)
+    cfg = plan.PlanConfig(best_of=2, wm_steps=(1,), value_steps=(1,), num_steps=2, sigma_min=1.0)
+    plan.plan_best_of_n(policy, policy, obs, cfg)
+    fine, official = plan.act(policy, obs, 2, sigma_min=1.0)[0], plan.act(policy, obs, 2)[0]
+    assert last == [1.0, 4.0, 4.0, 1.0, 4.0]  # candidates, world model, value; then the two plain queries
+    assert not torch.equal(fine, official)
+    for bad in (0.0, 80.0):
+        with pytest.raises(AssertionError, match="sigma_min"):
+            plan.PlanConfig(sigma_min=bad)
+
+
 def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0], run)
@@ -231,14 +250,14 @@ def test_open_loop_compares_each_state_with_its_own_episodes_next_targets(policy
             "action": np.stack([r + 1, ep], 1).astype(np.float32)}  # (R, A)
     data["action"][np.cumsum(lens) - 1] = 1000  # each episode's final row repeats an action: never a target
     # A policy that knows the answer: target j of the state at row r is r + 1 + j, in the state's own episode.
-    oracle = lambda p, obs, num_steps, seed: (torch.from_numpy(  # noqa: E731
+    oracle = lambda p, obs, num_steps, seed, **kw: (torch.from_numpy(  # noqa: E731
         obs["proprio"][:, None, :2] + np.stack([1 + np.arange(16), 0 * np.arange(16)], 1)), None, None)
     monkeypatch.setattr(plan, "act", oracle)
     out = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7)
     assert out["states"] == (12 - 8) + (20 - 8) and out["policy_l1"] == 0.0
     assert out["standing_still_l1"] == pytest.approx(np.mean(1 + np.arange(8)) / 2)  # x off by 1..8, y exact
     # Unbiased but noisy: seed s moves every x target by +0.3 or -0.3, so the error is all spread.
-    noisy = lambda p, obs, num_steps, seed: (oracle(p, obs, num_steps, seed)[0]  # noqa: E731
+    noisy = lambda p, obs, num_steps, seed, **kw: (oracle(p, obs, num_steps, seed)[0]  # noqa: E731
                                              + torch.tensor([0.3 * (-1) ** seed, 0.0]), None, None)
     monkeypatch.setattr(plan, "act", noisy)
     split = plan.open_loop(policy, data, n=1000, action_steps=8, batch=7, samples=4)
@@ -263,7 +282,7 @@ def test_open_loop_queries_the_value_on_the_real_chunk_and_future_and_ranks_outc
         li.extract(x, frame, lay.proprio_dim), *stats[name])[:, 0].round().long().numpy()
 
     def fake_sample(value_of):
-        def sample(net, x, mask, num_steps, noise):
+        def sample(net, x, mask, num_steps, noise, **kw):
             if not torch.equal(mask.cpu(), li.condition_mask(lay, ["value"] * len(x))):
                 return x  # act's policy queries, for the actions
             row = read(x, lay.frames("proprio", future=False)[0], "proprio")
