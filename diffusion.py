@@ -36,6 +36,7 @@ from einops import rearrange
 LOGNORMAL_PROB = 0.7
 P_MEAN, P_STD = math.log(4.0), 1.2
 UNIFORM_LOW, UNIFORM_HIGH = 1.0, 85.0
+SIGMA_MAX, SIGMA_MIN = 80.0, 4.0  # the official sampler's range (CosmosPolicySampler)
 LOSS_SCALE = 10.0  # `loss_scale` of the Cosmos-Predict2 base config; only rescales the gradient, kept for parity
 
 
@@ -117,7 +118,7 @@ def training_loss(net, x0, cond_B_T, sigma_B=None, noise=None, generator=None, s
     return loss, parts
 
 
-def karras_sigmas(num_steps, sigma_max=80.0, sigma_min=4.0, rho=7.0):
+def karras_sigmas(num_steps, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, rho=7.0):
     """The sigmas of the N network calls (official: `get_rev_ts` as called by `CosmosPolicySampler`): N - 1 solver
     steps on the Karras grid sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i = 0..N-1, whose
     last point sigma_min = 4 is the final clean x0 call; N = 1 is a single call at sigma_max. Returns (N,) float64."""
@@ -144,7 +145,8 @@ def _res_multistep(x, s_prev, s, s_next, x0_prev, x0):
 
 
 @torch.no_grad()
-def sample(net, x_cond, cond_B_T, num_steps, generator=None, noise=None, sigma_max=80.0, sigma_min=4.0, rho=7.0):
+def sample(net, x_cond, cond_B_T, num_steps, generator=None, noise=None, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN,
+           rho=7.0):
     """Few-step deterministic sampler (official: `CosmosPolicySampler.forward`, solver "2ab", S_churn = 0).
     x starts at noise * sigma_max (noise: given, else drawn with `generator`, else the global RNG). The first step is
     Euler in x0 form, x' = x0 + (sigma'/sigma)(x - x0) (`reg_x0_euler_step`); later steps are `_res_multistep`. The

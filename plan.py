@@ -89,7 +89,7 @@ class PlanConfig:
     num_steps: int = 5  # denoising steps per action chunk (the paper's LIBERO setting)
     # The official 4 leaves LIBERO's 112 copies of each action number an effective noise of 4/sqrt(112) = 0.38; the
     # cpu preset's 8x8 latents hold each only 32 times (0.71), so its last x0 still averages nearby modes (README).
-    sigma_min: float = 4.0  # the action samples' last sigma; world-model and value samples keep the official 4
+    sigma_min: float = diffusion.SIGMA_MIN  # the action samples' last sigma; world-model and value samples keep 4
     action_steps: int = 8  # actions executed per chunk before re-planning
     best_of: int = 1  # N candidates; 1 = the plain policy
     oracle: bool = False  # best-of-N picks the candidate that really gets closest to the goal (simulator copies)
@@ -118,7 +118,8 @@ class PlanConfig:
         small = {k: getattr(self, k) for k in ("episodes", "num_steps", "action_steps", "best_of", "batch", "samples",
                                                "last") if getattr(self, k) < 1}
         assert not small, f"{small}: these must be >= 1"
-        assert 0 < self.sigma_min < 80.0, f"sigma_min {self.sigma_min}: in (0, 80), below the sampler's sigma_max"
+        assert 0 < self.sigma_min < diffusion.SIGMA_MAX, \
+            f"sigma_min {self.sigma_min}: in (0, {diffusion.SIGMA_MAX}), below the sampler's sigma_max"
         assert 0 <= self.gifs <= self.episodes, f"gifs {self.gifs}: one per episode at most, 0 to {self.episodes}"
         assert self.wm_steps and self.value_steps, "need at least one world-model and one value sample"
         steps = self.wm_steps + self.value_steps
@@ -190,7 +191,7 @@ def condition_latent(p, obs, full=False):
 
 
 @torch.no_grad()
-def act(p, obs, num_steps=5, seed=0, x_cond=None, sigma_min=4.0):
+def act(p, obs, num_steps=5, seed=0, x_cond=None, sigma_min=diffusion.SIGMA_MIN):
     """Policy query in parallel mode: action, future state and value from one generation."""
     x_cond = condition_latent(p, obs) if x_cond is None else x_cond
     b = x_cond.shape[0]
@@ -383,7 +384,7 @@ def evaluate_checkpoints(paths, last=5, **kwargs):
 
 
 @torch.no_grad()
-def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, samples=1, sigma_min=4.0):
+def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, samples=1, sigma_min=diffusion.SIGMA_MIN):
     """Imitation without the simulator: mean L1 (table units) between the policy's first `action_steps` targets and
     the demo's on `n` random demo states, against standing still (every target at the pusher). A policy that does not
     beat standing still on its own training states cannot succeed in closed loop (push_t, README). With samples > 1
@@ -403,8 +404,9 @@ def open_loop(p, data, n=200, action_steps=8, num_steps=5, seed=0, batch=50, sam
     targets = data["action"][rows[:, None] + np.arange(k)]  # (n, k, A)
     here = data["proprio"][rows, None, :targets.shape[-1]]  # (n, 1, A)
     obs = [{c: data[c][rows[i:i + batch]] for c in ("primary", "wrist", "proprio")} for i in range(0, len(rows), batch)]
-    pred = np.stack([np.concatenate([act(p, o, num_steps, seed=seed + s, sigma_min=sigma_min)[0][:, :k].float().cpu()
-                                     .numpy() for o in obs]) for s in range(samples)])  # (samples, n, k, A)
+    query = functools.partial(act, p, num_steps=num_steps, sigma_min=sigma_min)
+    pred = np.stack([np.concatenate([query(o, seed=seed + s)[0][:, :k].float().cpu().numpy() for o in obs])
+                     for s in range(samples)])  # (samples, n, k, A)
     out = {"states": len(rows), "action_steps": k, "policy_l1": float(np.abs(pred - targets).mean()),
            "standing_still_l1": float(np.abs(here - targets).mean())}
     if samples > 1:

@@ -168,7 +168,7 @@ def test_sigma_min_reaches_the_action_samples_only(policy, monkeypatch):
     last, real = [], plan.diffusion.sample
 
     def spy(net, x_cond, cond, num_steps, **kw):
-        last.append(kw.get("sigma_min", 4.0))
+        last.append(kw.get("sigma_min", plan.diffusion.SIGMA_MIN))
         return real(net, x_cond, cond, num_steps, **kw)
 
     monkeypatch.setattr(plan.diffusion, "sample", spy)
@@ -178,7 +178,7 @@ def test_sigma_min_reaches_the_action_samples_only(policy, monkeypatch):
     fine, official = plan.act(policy, obs, 2, sigma_min=1.0)[0], plan.act(policy, obs, 2)[0]
     assert last == [1.0, 4.0, 4.0, 1.0, 4.0]  # candidates, world model, value; then the two plain queries
     assert not torch.equal(fine, official)
-    for bad in (0.0, 80.0):
+    for bad in (0.0, plan.diffusion.SIGMA_MAX):
         with pytest.raises(AssertionError, match="sigma_min"):
             plan.PlanConfig(sigma_min=bad)
 
