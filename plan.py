@@ -10,6 +10,7 @@ T latent frames, H/W latent height/width, K chunk length, A action dim, S image 
 
 One policy query (`act`): encode the current observation as the conditioning prefix of the pseudo-video
 (blank, proprio, wrist, primary), then sample the rest (action, future state, value) in `num_steps` network calls.
+In an evaluation each episode's queries draw their own noise (`query_seeds`: one seed per episode seed and query).
 Best-of-N (`plan_best_of_n`): N candidate chunks in one batch (candidate i uses seed + i); for each, M world-model
 samples of s' (action frame clean) and V value samples per s' (everything but the value clean, or only s' for a
 planner trained with --value_sprime); the M*V values are aggregated by "majority mean"; the best candidate replaces
@@ -169,6 +170,21 @@ def noise_like(shape, seeds, device):
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
 
 
+def query_seeds(seeds, query):
+    """One noise seed per episode and query. Episodes must draw independent noise to be independent samples of the
+    policy: with one seed per query shared by the batch, a low sigma_min sent all 200 episodes the same way round the
+    block, and an evaluation's rate moved with its seed range by up to 40 points (README)."""
+    return [int(np.random.SeedSequence((int(s), query)).generate_state(1, np.uint64)[0] >> 1)  # room for s + i
+            for s in seeds]
+
+
+def row_seeds(seed, b):
+    """`seed` as b per-row seeds: an int is shared by every row (one query, e.g. libero_act), a sequence is per row."""
+    seeds = [seed] * b if isinstance(seed, int) else [int(s) for s in seed]
+    assert len(seeds) == b, f"{len(seeds)} seeds for a batch of {b}"
+    return seeds
+
+
 @torch.no_grad()
 def condition_latent(p, obs, full=False):
     """(B, C, T, H, W) latent whose conditioning prefix holds the encoded current state; the rest is zero.
@@ -192,11 +208,11 @@ def condition_latent(p, obs, full=False):
 
 @torch.no_grad()
 def act(p, obs, num_steps=5, seed=0, x_cond=None, sigma_min=diffusion.SIGMA_MIN):
-    """Policy query in parallel mode: action, future state and value from one generation."""
+    """Policy query in parallel mode: action, future state and value from one generation. seed: int or one per row."""
     x_cond = condition_latent(p, obs) if x_cond is None else x_cond
     b = x_cond.shape[0]
     x0 = diffusion.sample(network(p), x_cond, li.condition_mask(p.layout, ["policy"] * b), num_steps,
-                          noise=noise_like(x_cond.shape[1:], [seed] * b, x_cond.device), sigma_min=sigma_min)
+                          noise=noise_like(x_cond.shape[1:], row_seeds(seed, b), x_cond.device), sigma_min=sigma_min)
     return env_actions(p, x0, obs), x0, li.read_value(x0, p.layout)
 
 
@@ -224,12 +240,14 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0, judge=None):
     """Best-of-N: returns the chosen chunks (B, K, A), every candidate's aggregated value (B, N), the chosen index (B,),
     the chosen sample's latents and every candidate's chunk (B, N, K, A). Candidate 0 (the base seed) is kept unless
     another is strictly better (official deploy.py). judge: (B, N, K, A) chunks -> (B, N) values, in place of the
-    planner's world model and value (--oracle: minus candidate_distance, the simulator's own verdict)."""
+    planner's world model and value (--oracle: minus candidate_distance, the simulator's own verdict). seed: int or one
+    per state; candidate i of a state with seed s uses s + i, its world-model and value samples s + j and s + k."""
     x_cond = condition_latent(p, obs)  # the planner shares the policy's VAE (it is fine-tuned from it)
     b, n = x_cond.shape[0], cfg.best_of
+    seeds = row_seeds(seed, b)
     value_kind = "value_sprime" if planner.value_sprime else "value"
     xc = x_cond.repeat_interleave(n, 0)  # (B*N, C, T, H, W)
-    cand = noise_like(xc.shape[1:], [seed + i for _ in range(b) for i in range(n)], xc.device)
+    cand = noise_like(xc.shape[1:], [s + i for s in seeds for i in range(n)], xc.device)
     x0 = diffusion.sample(network(p), xc, li.condition_mask(p.layout, ["policy"] * b * n), cfg.num_steps, noise=cand,
                           sigma_min=cfg.sigma_min)
     candidates = env_actions(p, x0, obs, repeat=n)  # (B*N, K, A)
@@ -237,10 +255,10 @@ def plan_best_of_n(p, planner, obs, cfg, seed=0, judge=None):
     values = []
     for j, wm_steps in enumerate(() if judge else cfg.wm_steps):
         fut = diffusion.sample(network(planner), x0, li.condition_mask(p.layout, ["world_model"] * b * n), wm_steps,
-                               noise=noise_like(xc.shape[1:], [seed + j] * b * n, xc.device))
+                               noise=noise_like(xc.shape[1:], [s + j for s in seeds for _ in range(n)], xc.device))
         for k, v_steps in enumerate(cfg.value_steps):
             v = diffusion.sample(network(planner), fut, li.condition_mask(p.layout, [value_kind] * b * n), v_steps,
-                                 noise=noise_like(xc.shape[1:], [seed + k] * b * n, xc.device))
+                                 noise=noise_like(xc.shape[1:], [s + k for s in seeds for _ in range(n)], xc.device))
             values.append(li.read_value(v, p.layout))
     value = (torch.as_tensor(judge(candidates.float().cpu().numpy())).float().to(xc.device) if judge
              else majority_mean(torch.stack(values, -1)).view(b, n))  # (B, N)
@@ -463,9 +481,10 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
     # the base candidate brought the block (candidate_distance), the chosen and the best candidate more, switched, 1
     query = 0
     while not done.all():
+        qseeds = query_seeds(seeds, query)
         if cfg.best_of > 1:
             judge = (lambda c: -candidate_distance(env, c, cfg.action_steps)) if cfg.oracle else None
-            actions, values, best, x0, candidates = plan_best_of_n(p, planner, obs, cfg, cfg.seed + query, judge)
+            actions, values, best, x0, candidates = plan_best_of_n(p, planner, obs, cfg, qseeds, judge)
             left = (-values.cpu().numpy() if cfg.oracle  # the judge has already played them
                     else candidate_distance(env, candidates.float().cpu().numpy(), cfg.action_steps))  # (B, N)
             chosen = best.cpu().numpy()
@@ -473,7 +492,7 @@ def run_batch(cfg, p, planner, seeds, rollouts, offset, bar):
             gains[~done] += np.stack([env.goal_distance() - base, base - left[np.arange(len(seeds)), chosen],
                                       base - left.min(1), chosen > 0, np.ones(len(seeds))], 1)[~done]
         else:
-            actions, x0, value = act(p, obs, cfg.num_steps, seed=cfg.seed + query, sigma_min=cfg.sigma_min)
+            actions, x0, value = act(p, obs, cfg.num_steps, seed=qseeds, sigma_min=cfg.sigma_min)
             values, best = value[:, None], torch.zeros(len(seeds), dtype=torch.long)
         if rollouts is not None:
             imagined = imagine(p, obs, x0) if cfg.gifs else None

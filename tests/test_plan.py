@@ -183,6 +183,23 @@ def test_sigma_min_reaches_the_action_samples_only(policy, monkeypatch):
             plan.PlanConfig(sigma_min=bad)
 
 
+def test_each_episode_draws_its_own_noise_whatever_batch_it_is_in(smoke_run, tmp_path, monkeypatch):
+    run, noises, real = tmp_path / "run", [], plan.diffusion.sample
+    shutil.copytree(smoke_run[0], run)
+
+    def spy(net, x_cond, cond, num_steps, **kw):
+        noises.append(kw["noise"].clone())
+        return real(net, x_cond, cond, num_steps, **kw)
+    monkeypatch.setattr(plan.diffusion, "sample", spy)
+    kw = dict(episodes=2, num_steps=1, action_steps=16)
+    plan.evaluate(str(run / "policy.pt"), batch=2, **kw)
+    together = noises[0]  # (2, C, T, H, W): both episodes' first query
+    assert not torch.equal(together[0], together[1]) and not torch.equal(noises[1][0], together[0])  # nor 2nd query
+    noises.clear()
+    plan.evaluate(str(run / "policy.pt"), batch=1, **kw)
+    assert torch.equal(noises[0][0], together[0]) and any(torch.equal(n[0], together[1]) for n in noises[1:])
+
+
 def test_evaluation_collects_rollouts_that_train_a_value_sprime_planner(smoke_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0], run)
